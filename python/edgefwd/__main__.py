@@ -1,0 +1,5 @@
+import sys
+
+from edgefwd.cli import main
+
+sys.exit(main())

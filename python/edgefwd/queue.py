@@ -1,0 +1,405 @@
+"""The durable queue: an LMDB environment under ``data_dir/queue``.
+
+Databases inside the environment:
+
+``batches``   u64 big-endian batch id (arrival order) -> a batch encoded by the Rust core
+``counters``  counter name -> u64; updated in the same transaction as the data it counts
+``meta``      format version, queue epoch, next seq / batch id, subscriptions
+``mids``      u16 MQTT packet id -> (digest, message number) of the last persisted message
+              that arrived with it; recognises broker redeliveries after a crash
+``dlq``       u64 id -> dead letter (JSON meta + the encoded single-record batch or raw bytes)
+
+Every write is one LMDB transaction committed with fsync (``sync=True, metasync=True``), so
+when ``commit_ingest`` returns, the data and its counters are durable and the messages may be
+acknowledged to the broker.  No ``writemap``: it turns ENOSPC into SIGBUS.
+
+Two processes use the environment: the agent's ingest (appends) and the drainer (reads and
+deletes).  LMDB serialises the writers; readers are short transactions that copy what they
+read, so no reader pins pages while the other process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import lmdb
+
+from edgefwd import _core
+from edgefwd.errors import QueueOpenError
+
+QUEUE_FORMAT_VERSION = 1
+_U64 = struct.Struct(">Q")
+_MID = struct.Struct(">H")
+_MID_ENTRY = struct.Struct(">8sQ")
+
+# A redelivered message matches a stored packet id only if fewer than this many messages
+# arrived since: Mosquitto hands out packet ids in sequence, so an entry older than half the
+# 16-bit id space belongs to an earlier message that the broker has long seen acknowledged.
+REDELIVERY_WINDOW = 32768
+
+# queue.max_bytes bounds the file (LMDB's map size).  The stored batches themselves are
+# capped below it; the rest is headroom for LMDB's page rounding, tree pages and free list.
+LOGICAL_FRACTION = 0.75
+_MIN_MAP_SIZE = 4 * 1024 * 1024
+
+COUNTER_NAMES = (
+    "received",  # records accepted from MQTT: one per (message, matching route)
+    "forwarded",  # records Kafka acknowledged and that were deleted from the queue
+    "dead_lettered",  # records moved to the dead-letter store
+    "dropped.queue_full",
+    "dropped.expired",
+    "stored_records",  # records in `batches` now (queued + in flight)
+    "stored_bytes",  # bytes of the encoded batches in `batches` now
+    "messages",  # MQTT messages persisted (numbering for the redelivery window)
+    "duplicates_skipped",  # broker redeliveries recognised and not queued again
+    "unrouted",  # messages that matched no route (over-subscription of the filter cover)
+    "sessions_lost",  # reconnects where the broker had lost our persistent session
+)
+
+
+def batch_key(batch_id: int) -> bytes:
+    return _U64.pack(batch_id)
+
+
+class _Blocked(Exception):
+    """on_full: block and no room: abort the transaction, write nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+    source: str  # "ingest" | "drain" | "corrupt"
+    data: bytes  # an encoded one-record batch, or the raw stored bytes of a corrupt batch
+    mqtt_topic: str | None = None
+    seq: int | None = None
+
+
+@dataclass(slots=True)
+class IngestResult:
+    batch_id: int | None
+    stored: bool  # False: the whole batch was refused (drop_newest) or blocked
+    blocked: bool = False
+    dropped_oldest_records: int = 0
+
+
+class Queue:
+    """One process's handle on the queue environment."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], max_bytes: int, *, readonly: bool = False):
+        self.path = Path(data_dir) / "queue"
+        self.max_bytes = int(max_bytes)
+        self.logical_limit = int(self.max_bytes * LOGICAL_FRACTION)
+        map_size = max(self.max_bytes, _MIN_MAP_SIZE)
+        try:
+            if not readonly:
+                self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
+            elif not (self.path / "data.mdb").exists():
+                raise QueueOpenError(f"{self.path}: no queue here (the agent has not run yet?)")
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                subdir=True,
+                max_dbs=8,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                map_async=False,
+                readahead=False,
+                meminit=False,
+                max_readers=64,
+                readonly=readonly,
+                create=not readonly,
+            )
+        except QueueOpenError:
+            raise
+        except (lmdb.Error, OSError) as exc:
+            raise QueueOpenError(f"cannot open the queue at {self.path}: {exc}") from exc
+        try:
+            self.env.reader_check()  # forget readers of processes that died
+            create = not readonly
+            self._batches = self.env.open_db(b"batches", create=create)
+            self._counters = self.env.open_db(b"counters", create=create)
+            self._meta = self.env.open_db(b"meta", create=create)
+            self._mids = self.env.open_db(b"mids", create=create)
+            self._dlq = self.env.open_db(b"dlq", create=create)
+            if not readonly:
+                self._init_meta()
+            self.epoch = self._read_meta(b"epoch").decode()
+            version = int(self._read_meta(b"format"))
+        except QueueOpenError:
+            self.env.close()
+            raise
+        except (lmdb.Error, ValueError, AttributeError) as exc:
+            self.env.close()
+            raise QueueOpenError(f"cannot open the queue at {self.path}: {exc}") from exc
+        if version != QUEUE_FORMAT_VERSION:
+            self.env.close()
+            raise QueueOpenError(
+                f"{self.path}: queue format version {version}, this edgefwd reads version "
+                f"{QUEUE_FORMAT_VERSION}; see docs/queue-format.md for the upgrade path"
+            )
+
+    # ---------------------------------------------------------------- set-up
+    def _init_meta(self) -> None:
+        with self.env.begin(write=True) as txn:
+            if txn.get(b"format", db=self._meta) is None:
+                txn.put(b"format", str(QUEUE_FORMAT_VERSION).encode(), db=self._meta)
+                txn.put(b"epoch", secrets.token_hex(8).encode(), db=self._meta)
+                txn.put(b"created_ms", str(int(time.time() * 1000)).encode(), db=self._meta)
+                txn.put(b"next_seq", _U64.pack(1), db=self._meta)
+                txn.put(b"next_batch", _U64.pack(1), db=self._meta)
+
+    def _read_meta(self, key: bytes) -> bytes:
+        with self.env.begin() as txn:
+            value = txn.get(key, db=self._meta)
+        if value is None:
+            raise QueueOpenError(f"{self.path}: queue metadata '{key.decode()}' missing")
+        return bytes(value)
+
+    def close(self) -> None:
+        self.env.close()
+
+    # ---------------------------------------------------------------- counters
+    @staticmethod
+    def _get_u64(txn: lmdb.Transaction, key: bytes, db) -> int:
+        value = txn.get(key, db=db)
+        return _U64.unpack(value)[0] if value is not None else 0
+
+    def _add(self, txn: lmdb.Transaction, deltas: dict[str, int]) -> None:
+        for name, delta in deltas.items():
+            if delta:
+                key = name.encode()
+                txn.put(key, _U64.pack(self._get_u64(txn, key, self._counters) + delta), db=self._counters)
+
+    def counters(self) -> dict[str, int]:
+        with self.env.begin() as txn:
+            return {name: self._get_u64(txn, name.encode(), self._counters) for name in COUNTER_NAMES}
+
+    def next_seq(self) -> int:
+        with self.env.begin() as txn:
+            return self._get_u64(txn, b"next_seq", self._meta)
+
+    def get_meta_json(self, key: str) -> object:
+        with self.env.begin() as txn:
+            value = txn.get(key.encode(), db=self._meta)
+        return json.loads(value) if value is not None else None
+
+    def put_meta_json(self, key: str, value: object, *, count: dict[str, int] | None = None) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(key.encode(), json.dumps(value).encode(), db=self._meta)
+            self._add(txn, count or {})
+
+    # ---------------------------------------------------------------- redelivery
+    def redelivery_entries(self, mids: Iterable[int]) -> dict[int, tuple[bytes, int]]:
+        out: dict[int, tuple[bytes, int]] = {}
+        with self.env.begin() as txn:
+            for mid in mids:
+                value = txn.get(_MID.pack(mid), db=self._mids)
+                if value is not None:
+                    out[mid] = _MID_ENTRY.unpack(value)
+        return out
+
+    # ---------------------------------------------------------------- ingest
+    def commit_ingest(
+        self,
+        batch: bytes | None,
+        records: int,
+        next_seq: int,
+        mid_entries: Sequence[tuple[int, bytes, int]],
+        dead_letters: Sequence[DeadLetter],
+        counts: dict[str, int],
+        on_full: str,
+    ) -> IngestResult:
+        """Persist one group commit: a batch, its counters and packet-id entries, durably.
+
+        ``mid_entries`` are (packet id, digest, message number) of the messages this commit
+        holds.  On return the commit is on disk (fsync), so those messages may be acked.
+        A full queue is handled by ``on_full``; ``blocked`` in the result means nothing was
+        written and nothing may be acked.
+        """
+        full = False  # LMDB's map itself filled up on an earlier attempt
+        for attempt in range(4):
+            try:
+                with self.env.begin(write=True) as txn:
+                    return self._write_ingest(
+                        txn, batch, records, next_seq, mid_entries, dead_letters, counts, on_full, full
+                    )
+            except _Blocked:
+                return IngestResult(batch_id=None, stored=False, blocked=True)
+            except lmdb.MapFullError:
+                # Pages freed inside a transaction are not reusable by it: evict in a
+                # transaction of its own, then write again.
+                full = True
+                if on_full == "drop_oldest":
+                    with self.env.begin(write=True) as txn:
+                        if not self._evict_oldest(txn, (len(batch) if batch else 0) * 2 + (attempt + 1) * 65536):
+                            break
+        return IngestResult(batch_id=None, stored=False, blocked=True)
+
+    def _write_ingest(self, txn, batch, records, next_seq, mid_entries, dead_letters, counts, on_full, full):
+        result = IngestResult(batch_id=None, stored=True)
+        deltas = dict(counts)
+        if batch:
+            size = len(batch)
+            stored_bytes = self._get_u64(txn, b"stored_bytes", self._counters)
+            over = stored_bytes + size > self.logical_limit
+            if over or full:
+                if on_full == "block":
+                    raise _Blocked
+                if on_full == "drop_newest" or size > self.logical_limit:
+                    deltas["dropped.queue_full"] = deltas.get("dropped.queue_full", 0) + records
+                    deltas["received"] = deltas.get("received", 0) + records
+                    result.stored = False
+                elif over:
+                    result.dropped_oldest_records = self._evict_oldest(
+                        txn, stored_bytes + size - self.logical_limit
+                    )
+            if result.stored:
+                batch_id = self._get_u64(txn, b"next_batch", self._meta)
+                txn.put(_U64.pack(batch_id), batch, db=self._batches, append=True)
+                txn.put(b"next_batch", _U64.pack(batch_id + 1), db=self._meta)
+                result.batch_id = batch_id
+                deltas["received"] = deltas.get("received", 0) + records
+                deltas["stored_records"] = deltas.get("stored_records", 0) + records
+                deltas["stored_bytes"] = deltas.get("stored_bytes", 0) + size
+        txn.put(b"next_seq", _U64.pack(next_seq), db=self._meta)
+        for mid, digest, number in mid_entries:
+            txn.put(_MID.pack(mid), _MID_ENTRY.pack(digest, number), db=self._mids)
+        if dead_letters:
+            self._put_dead_letters(txn, dead_letters)
+            deltas["dead_lettered"] = deltas.get("dead_lettered", 0) + len(dead_letters)
+            deltas["received"] = deltas.get("received", 0) + len(dead_letters)
+        self._add(txn, deltas)
+        return result
+
+    def _evict_oldest(self, txn: lmdb.Transaction, need_bytes: int) -> int:
+        """Delete the oldest batches until ``need_bytes`` are freed; count what was dropped."""
+        freed = dropped = batches = 0
+        cursor = txn.cursor(db=self._batches)
+        if cursor.first():
+            while freed < need_bytes:
+                value = cursor.value()
+                try:
+                    n = _core.batch_record_count(bytes(value))
+                except _core.CorruptBatchError:
+                    n = 0
+                freed += len(value)
+                dropped += n
+                batches += 1
+                if not cursor.delete():
+                    break
+        if batches:
+            self._add(
+                txn,
+                {"stored_bytes": -freed, "stored_records": -dropped, "dropped.queue_full": dropped},
+            )
+        return dropped
+
+    # ---------------------------------------------------------------- drain
+    def read_batches(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` batches with id > ``after_id``, oldest first, copied out."""
+        out: list[tuple[int, bytes]] = []
+        with self.env.begin(buffers=False) as txn:
+            cursor = txn.cursor(db=self._batches)
+            if cursor.set_range(_U64.pack(after_id + 1)):
+                for key, value in cursor:
+                    out.append((_U64.unpack(key)[0], value))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def oldest_batch_id(self) -> int | None:
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._batches)
+            return _U64.unpack(cursor.key())[0] if cursor.first() else None
+
+    def complete_batches(
+        self,
+        done: Sequence[tuple[int, int, int]],
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        corrupt: Sequence[tuple[int, int, int]] = (),
+    ) -> None:
+        """Delete drained batches and count them, in one transaction.
+
+        ``done``: (batch id, records in it, stored bytes) of batches whose every record Kafka
+        acknowledged or refused for good; the refused ones are ``dead_letters``.
+        ``corrupt``: (batch id, records per its header, bytes) of batches whose CRC failed;
+        they move whole to the dead-letter store.
+        """
+        with self.env.begin(write=True) as txn:
+            removed_records = freed = 0
+            for batch_id, n_records, size in done:
+                if txn.delete(_U64.pack(batch_id), db=self._batches):
+                    removed_records += n_records
+                    freed += size
+            letters = list(dead_letters)
+            corrupt_records = 0
+            for batch_id, n_records, size in corrupt:
+                raw = txn.get(_U64.pack(batch_id), db=self._batches)
+                if raw is None:
+                    continue
+                letters.append(DeadLetter(reason="batch CRC mismatch", source="corrupt", data=bytes(raw)))
+                txn.delete(_U64.pack(batch_id), db=self._batches)
+                corrupt_records += n_records
+                freed += size
+            if letters:
+                self._put_dead_letters(txn, letters)
+            self._add(
+                txn,
+                {
+                    "forwarded": removed_records - len(dead_letters),
+                    "dead_lettered": len(dead_letters) + corrupt_records,
+                    "stored_records": -(removed_records + corrupt_records),
+                    "stored_bytes": -freed,
+                },
+            )
+
+    # ---------------------------------------------------------------- dead letters
+    def _put_dead_letters(self, txn: lmdb.Transaction, letters: Sequence[DeadLetter]) -> None:
+        cursor = txn.cursor(db=self._dlq)
+        next_id = _U64.unpack(cursor.key())[0] + 1 if cursor.last() else 1
+        for letter in letters:
+            meta = json.dumps(
+                {
+                    "reason": letter.reason,
+                    "source": letter.source,
+                    "time_ms": int(time.time() * 1000),
+                    "mqtt_topic": letter.mqtt_topic,
+                    "seq": letter.seq,
+                }
+            ).encode()
+            txn.put(_U64.pack(next_id), struct.pack(">I", len(meta)) + meta + letter.data, db=self._dlq)
+            next_id += 1
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[int, dict, bytes]]:
+        out = []
+        with self.env.begin(buffers=False) as txn:
+            for key, value in txn.cursor(db=self._dlq):
+                (n,) = struct.unpack_from(">I", value)
+                out.append((_U64.unpack(key)[0], json.loads(value[4 : 4 + n]), value[4 + n :]))
+                if len(out) >= limit:
+                    break
+        return out
+
+    # ---------------------------------------------------------------- inspection
+    def stats(self) -> dict[str, object]:
+        """Counters plus the age of the oldest batch, from one short read transaction."""
+        with self.env.begin(buffers=False) as txn:
+            counters = {name: self._get_u64(txn, name.encode(), self._counters) for name in COUNTER_NAMES}
+            cursor = txn.cursor(db=self._batches)
+            oldest = cursor.value() if cursor.first() else None
+        oldest_ms = None
+        if oldest is not None:
+            try:
+                oldest_ms = _core.decode_batch(oldest)[1][0][1]
+            except (_core.CorruptBatchError, IndexError):
+                oldest_ms = None
+        return {"counters": counters, "oldest_receive_ms": oldest_ms}

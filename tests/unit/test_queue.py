@@ -1,0 +1,135 @@
+"""The LMDB queue on its own: commits, counters, eviction, dead letters, reopening."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefwd import _core
+from edgefwd.errors import QueueOpenError
+from edgefwd.queue import DeadLetter, Queue
+
+BOOT = bytes(16)
+
+
+def records(first_seq: int, n: int, payload: bytes = b"x" * 200) -> list[tuple]:
+    return [
+        (first_seq + i, 1_700_000_000_000 + i, 10 + i, True, 1, False, 0, "t", b"k", "a/b", payload, [])
+        for i in range(n)
+    ]
+
+
+def ingest(q: Queue, seq: int, n: int, on_full: str = "drop_oldest", mids=()):
+    batch = _core.encode_batch(records(seq, n), BOOT)
+    return q.commit_ingest(batch, n, seq + n, list(mids), [], {"messages": n}, on_full), len(batch)
+
+
+def test_commit_read_complete_keeps_the_books(tmp_path):
+    q = Queue(tmp_path, 64 << 20)
+    r1, size1 = ingest(q, 1, 10)
+    r2, size2 = ingest(q, 11, 5)
+    assert (r1.batch_id, r2.batch_id) == (1, 2)
+    got = q.read_batches(0, 10)
+    assert [b for b, _ in got] == [1, 2]
+    assert _core.decode_batch(got[1][1])[1][0][0] == 11
+    assert q.read_batches(1, 10)[0][0] == 2
+    q.complete_batches([(1, 10, size1)])
+    c = q.counters()
+    assert c["received"] == 15 and c["forwarded"] == 10 and c["stored_records"] == 5
+    assert c["stored_bytes"] == size2
+    assert q.next_seq() == 16
+    q.close()
+    # reopened: same epoch, same books
+    q2 = Queue(tmp_path, 64 << 20)
+    assert q2.counters()["stored_records"] == 5
+    assert q2.oldest_batch_id() == 2
+
+
+def test_epoch_is_random_per_queue_and_kept(tmp_path):
+    a = Queue(tmp_path / "a", 8 << 20)
+    b = Queue(tmp_path / "b", 8 << 20)
+    assert a.epoch != b.epoch and len(a.epoch) == 16
+    epoch = a.epoch
+    a.close()
+    assert Queue(tmp_path / "a", 8 << 20).epoch == epoch
+
+
+def test_drop_oldest_evicts_and_counts(tmp_path):
+    q = Queue(tmp_path, 8 << 20)
+    n = 0
+    for i in range(400):  # ~400 x 100 x 230 bytes: far over the limit
+        res, _ = ingest(q, 1 + i * 100, 100)
+        n += 100
+    c = q.counters()
+    assert c["stored_bytes"] <= q.logical_limit
+    assert c["dropped.queue_full"] > 0
+    assert c["received"] == n == c["stored_records"] + c["dropped.queue_full"]
+    # the survivors are the newest
+    first = q.read_batches(0, 1)[0][1]
+    assert _core.decode_batch(first)[1][0][0] > 1
+
+
+def test_drop_newest_refuses_and_counts(tmp_path):
+    q = Queue(tmp_path, 8 << 20)
+    for i in range(400):
+        ingest(q, 1 + i * 100, 100, on_full="drop_newest")
+    c = q.counters()
+    assert c["dropped.queue_full"] > 0
+    assert c["received"] == c["stored_records"] + c["dropped.queue_full"]
+    first = q.read_batches(0, 1)[0][1]
+    assert _core.decode_batch(first)[1][0][0] == 1  # the oldest survived
+
+
+def test_block_refuses_without_counting(tmp_path):
+    q = Queue(tmp_path, 8 << 20)
+    blocked = None
+    for i in range(400):
+        res, _ = ingest(q, 1 + i * 100, 100, on_full="block")
+        if res.blocked:
+            blocked = i
+            break
+    assert blocked is not None
+    c = q.counters()
+    assert c["dropped.queue_full"] == 0
+    assert c["received"] == c["stored_records"]
+
+
+def test_dead_letters_are_stored_and_counted(tmp_path):
+    q = Queue(tmp_path, 8 << 20)
+    letter = DeadLetter(reason="bad topic", source="ingest", data=b"raw", mqtt_topic="a/b", seq=7)
+    q.commit_ingest(None, 0, 8, [], [letter], {}, "drop_oldest")
+    (lid, meta, data), = q.dead_letters()
+    assert meta["reason"] == "bad topic" and meta["seq"] == 7 and data == b"raw"
+    c = q.counters()
+    assert c["dead_lettered"] == 1 and c["received"] == 1
+
+
+def test_corrupt_batch_moves_to_dead_letters_once(tmp_path):
+    q = Queue(tmp_path, 8 << 20)
+    _, size = ingest(q, 1, 10)
+    q.complete_batches([], corrupt=[(1, 10, size)])
+    q.complete_batches([], corrupt=[(1, 10, size)])  # already gone: not counted again
+    c = q.counters()
+    assert c["dead_lettered"] == 10 and c["stored_records"] == 0
+    assert len(q.dead_letters()) == 1
+
+
+def test_redelivery_entries_round_trip(tmp_path):
+    q = Queue(tmp_path, 8 << 20)
+    ingest(q, 1, 2, mids=[(5, b"d" * 8, 1), (6, b"e" * 8, 2)])
+    assert q.redelivery_entries([5, 6, 7]) == {5: (b"d" * 8, 1), 6: (b"e" * 8, 2)}
+
+
+def test_unknown_format_version_refuses_to_open(tmp_path):
+    q = Queue(tmp_path, 8 << 20)
+    with q.env.begin(write=True) as txn:
+        txn.put(b"format", b"99", db=q._meta)
+    q.close()
+    with pytest.raises(QueueOpenError, match="format version 99"):
+        Queue(tmp_path, 8 << 20)
+
+
+def test_unreadable_queue_refuses_to_open(tmp_path):
+    (tmp_path / "queue").mkdir()
+    (tmp_path / "queue" / "data.mdb").write_bytes(b"this is not an LMDB file" * 100)
+    with pytest.raises(QueueOpenError, match="cannot open the queue"):
+        Queue(tmp_path, 8 << 20)
