@@ -4,7 +4,30 @@ Built by maturin from rust/ (binding) over rust/core (edgefwd-core). Keep this s
 the binary in step: `python -m mypy.stubtest edgefwd._core` checks them.
 """
 
-from typing import Final, TypeAlias
+from typing import Final, Self, TypeAlias, final
+
+__all__ = [
+    "__version__",
+    "BATCH_FORMAT_VERSION",
+    "BATCH_HEADER_LEN",
+    "MAX_BATCH_BODY_LEN",
+    "EdgefwdError",
+    "TopicError",
+    "TemplateError",
+    "InvalidInputError",
+    "CorruptBatchError",
+    "UnsupportedBatchVersionError",
+    "validate_topic_name",
+    "validate_topic_filter",
+    "topic_matches",
+    "disjoint_cover",
+    "filters_overlap",
+    "Router",
+    "encode_batch",
+    "decode_batch",
+    "batch_record_count",
+    "decode_for_produce",
+]
 
 __version__: Final[str]
 BATCH_FORMAT_VERSION: Final[int]
@@ -50,17 +73,20 @@ def topic_matches(filter: str, topic: str) -> bool: ...
 def disjoint_cover(filters: list[str]) -> list[str]: ...
 def filters_overlap(a: str, b: str) -> bool: ...
 
-RouteResult: TypeAlias = tuple[int, str | None, bytes | None, str | None]
+_RouteResult: TypeAlias = tuple[int, str | None, bytes | None, str | None]
 """(route_index, kafka_topic, kafka_key, error): topic and key are None when error is set."""
 
+@final
 class Router:
-    def __init__(self, routes: list[tuple[str, str, str | None]], gateway_id: str) -> None: ...
-    def route(self, topic: str, payload: bytes) -> list[RouteResult]: ...
-    def route_many(self, messages: list[tuple[str, bytes]]) -> list[list[RouteResult]]: ...
+    """The compiled route table. routes[i] = (mqtt_filter, kafka_topic_template, kafka_key_template)."""
+
+    def __new__(cls, routes: list[tuple[str, str, str | None]], gateway_id: str) -> Self: ...
+    def route(self, topic: str, payload: bytes) -> list[_RouteResult]: ...
+    def route_many(self, messages: list[tuple[str, bytes]]) -> list[list[_RouteResult]]: ...
     def matching_routes(self, topic: str) -> list[int]: ...
     def __len__(self) -> int: ...
 
-RecordTuple: TypeAlias = tuple[
+_RecordTuple: TypeAlias = tuple[
     int,  # seq (u64)
     int,  # recv_wall_ms (i64)
     int,  # recv_mono_ns (u64)
@@ -75,10 +101,10 @@ RecordTuple: TypeAlias = tuple[
     list[tuple[str, str]],  # user_properties
 ]
 
-ProduceTuple: TypeAlias = tuple[str, bytes, bytes | None, int, list[tuple[str, bytes]]]
+_ProduceTuple: TypeAlias = tuple[str, bytes, bytes | None, int, list[tuple[str, bytes]]]
 """(kafka_topic, payload, kafka_key, recv_wall_ms, headers) for Producer.produce."""
 
-def encode_batch(records: list[RecordTuple], boot_id: bytes, compression: str = "none") -> bytes: ...
-def decode_batch(data: bytes) -> tuple[bytes, list[RecordTuple]]: ...
+def encode_batch(records: list[_RecordTuple], boot_id: bytes, compression: str = "none") -> bytes: ...
+def decode_batch(data: bytes) -> tuple[bytes, list[_RecordTuple]]: ...
 def batch_record_count(data: bytes) -> int: ...
-def decode_for_produce(data: bytes, gateway_id: str, epoch: str) -> list[ProduceTuple]: ...
+def decode_for_produce(data: bytes, gateway_id: str, epoch: str) -> list[_ProduceTuple]: ...

@@ -214,7 +214,14 @@ class Agent:
         counters = stats["counters"]
         drainer_state = read_json(self.data_dir / DRAINER_STATE_FILE) or {}
         now = time.time()
-        rates = self._rates.add(now, {"received": counters["received"], "forwarded": counters["forwarded"]})
+        rates = self._rates.add(
+            now,
+            {
+                "received": counters["received"],
+                "forwarded": counters["forwarded"],
+                "dropped": counters["dropped.queue_full"] + counters["dropped.expired"],
+            },
+        )
         mqtt_state = self.ingest.state
         snapshot = {
             "written_at": now,
@@ -243,7 +250,11 @@ class Agent:
                 "oldest_receive_ms": stats["oldest_receive_ms"],
             },
             "counters": counters,
-            "rates": {"received_per_s": rates["received"], "forwarded_per_s": rates["forwarded"]},
+            "rates": {
+                "received_per_s": rates["received"],
+                "forwarded_per_s": rates["forwarded"],
+                "dropped_per_s": rates["dropped"],
+            },
         }
         write_json_atomic(self.data_dir / STATUS_FILE, snapshot)
 

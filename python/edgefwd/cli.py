@@ -96,14 +96,15 @@ def cmd_queue(args) -> int:
             print(json.dumps({"epoch": queue.epoch, "next_seq": queue.next_seq(), **stats}, indent=2))
         elif args.queue_cmd == "peek":
             shown = 0
-            for batch_id, data in queue.read_batches(0, max(1, args.limit)):
-                _, records = _core.decode_batch(data)
+            for batch in queue.read_batches(0, max(1, args.limit)):
+                _, records = _core.decode_batch(batch.data)
                 for rec in records:
                     seq, wall_ms, _, _, qos, retain, route, topic, key, mqtt_topic, payload, _ = rec
                     print(
                         json.dumps(
                             {
-                                "batch": batch_id,
+                                "batch": batch.id,
+                                "priority": batch.priority,
                                 "seq": seq,
                                 "received_ms": wall_ms,
                                 "mqtt_topic": mqtt_topic,

@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from edgefwd import _core
 from edgefwd.config import Config
 from edgefwd.kafka_props import producer_config
-from edgefwd.queue import DeadLetter, Queue
+from edgefwd.queue import DeadLetter, Queue, StoredBatch
 from edgefwd.snapshot import write_json_atomic
 
 log = logging.getLogger("edgefwd.drainer")
@@ -49,12 +49,12 @@ _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 15.0
 _STATE_INTERVAL_S = 1.0
 _IDLE_PROBE_S = 10.0
+_EXPIRE_INTERVAL_S = 5.0
 
 
 @dataclass
 class _InFlight:
-    batch_id: int
-    size: int
+    batch: StoredBatch
     records: list  # decode_for_produce tuples
     delivered: set[int] = field(default_factory=set)
     outstanding: int = 0
@@ -96,6 +96,7 @@ class Drainer:
         self._backoff = _BACKOFF_MIN_S
         self._last_success = 0.0
         self._last_probe = 0.0
+        self._last_expire = 0.0
 
     def _make_producer(self) -> Producer:
         conf = producer_config(self.config)
@@ -132,6 +133,7 @@ class Drainer:
         """One round: serve callbacks, delete finished batches, produce more. True if busy."""
         self._producer.poll(0)
         finished = self._collect_finished()
+        self._expire_old()
         if self._retry_at is not None:
             if self._in_flight_outstanding() or time.monotonic() < self._retry_at:
                 return bool(finished)
@@ -143,15 +145,15 @@ class Drainer:
         if not batches:
             self._probe_when_idle()
             return bool(finished)
-        for batch_id, data in batches:
-            self._read_after = batch_id
+        for batch in batches:
+            self._read_after = batch.id
             try:
-                records = _core.decode_for_produce(data, self.config.gateway_id, self.queue.epoch)
+                records = _core.decode_for_produce(batch.data, self.config.gateway_id, self.queue.epoch)
             except _core.CorruptBatchError as exc:
-                self._quarantine(batch_id, data, exc)
+                self._quarantine(batch, exc)
                 continue
-            entry = _InFlight(batch_id=batch_id, size=len(data), records=records)
-            self._in_flight[batch_id] = entry
+            entry = _InFlight(batch=batch, records=records)
+            self._in_flight[batch.id] = entry
             self._in_flight_records += len(records)
             self._produce(entry, range(len(records)))
             if self._retry_at is not None:
@@ -203,21 +205,22 @@ class Drainer:
             data=json.dumps({"kafka_topic": topic, "timestamp_ms": ts}).encode() + b"\n" + value,
             mqtt_topic=header.get("mqtt.topic", b"").decode("utf-8", "replace"),
             seq=int(header.get("edgefwd.seq", b"0")),
+            batch_id=entry.batch.id,
         )
 
     def _collect_finished(self) -> bool:
-        done: list[tuple[int, int, int]] = []
+        done: list[tuple[StoredBatch, int]] = []
         dead: list[DeadLetter] = []
-        for batch_id, entry in list(self._in_flight.items()):
+        for entry in self._in_flight.values():
             if entry.outstanding == 0 and not entry.failed:
                 if len(entry.delivered) + len(entry.dead) == len(entry.records):
-                    done.append((batch_id, len(entry.records), entry.size))
+                    done.append((entry.batch, len(entry.records)))
                     dead.extend(entry.dead)
         if not done:
             return False
         self.queue.complete_batches(done, dead)
-        for batch_id, n, _ in done:
-            del self._in_flight[batch_id]
+        for batch, n in done:
+            del self._in_flight[batch.id]
             self._in_flight_records -= n
         return True
 
@@ -227,19 +230,30 @@ class Drainer:
     def _reproduce_held(self) -> bool:
         """After a failure: send again, in order, every record not yet acknowledged."""
         log.info("event=kafka_retry batches=%d", len(self._in_flight))
-        for entry in sorted(self._in_flight.values(), key=lambda e: e.batch_id):
+        for entry in sorted(self._in_flight.values(), key=lambda e: e.batch.id):
             entry.failed = False
             todo = [i for i in range(len(entry.records)) if i not in entry.delivered and i not in entry.dead_indexes]
             self._produce(entry, todo)
         return True
 
-    def _quarantine(self, batch_id: int, data: bytes, exc: Exception) -> None:
+    def _quarantine(self, batch: StoredBatch, exc: Exception) -> None:
         try:
-            n = _core.batch_record_count(data)
+            n = _core.batch_record_count(batch.data)
         except _core.CorruptBatchError:
-            n = 0
-        log.error("event=batch_quarantined batch=%d records=%d error=%r", batch_id, n, str(exc))
-        self.queue.complete_batches([], corrupt=[(batch_id, n, len(data))])
+            n = 0  # the header itself is damaged: how many it held is unknown
+        log.error("event=batch_quarantined batch=%d records=%d error=%r", batch.id, n, str(exc))
+        self.queue.complete_batches([], corrupt=[(batch, n)])
+
+    def _expire_old(self) -> None:
+        """queue.max_age: drop batches older than that which are not on their way to Kafka."""
+        max_age = self.config.queue.max_age_s
+        now = time.monotonic()
+        if max_age is None or now - self._last_expire < _EXPIRE_INTERVAL_S:
+            return
+        self._last_expire = now
+        cutoff_ms = int((time.time() - max_age) * 1000)
+        while dropped := self.queue.expire(cutoff_ms, keep=set(self._in_flight)):
+            log.warning("event=records_expired count=%d max_age_s=%s", dropped, max_age)
 
     def _probe_when_idle(self) -> None:
         """With nothing to send, ask Kafka for metadata now and then so status stays true."""

@@ -24,7 +24,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edgefwd import _core
 from edgefwd.clock import boot_id, clock_synchronized
 from edgefwd.config import Config
-from edgefwd.queue import REDELIVERY_WINDOW, DeadLetter, Queue
+from edgefwd.queue import REDELIVERY_WINDOW, DeadLetter, NewBatch, Queue
 
 log = logging.getLogger("edgefwd.ingest")
 
@@ -86,6 +86,7 @@ class Ingest:
             [(r.mqtt_filter, r.kafka_topic, r.kafka_key) for r in config.routes], config.gateway_id
         )
         self._skip_retained = [r.skip_retained for r in config.routes]
+        self._priority = [r.priority for r in config.routes]
         self.subscriptions = _core.disjoint_cover([r.mqtt_filter for r in config.routes])
         self._boot_id = boot_id()
         self.clock_synced = clock_synchronized()
@@ -245,15 +246,9 @@ class Ingest:
             self.clock_synced = clock_synchronized()
             self._clock_checked = now
         batch, next_seq, number = self._build_batch(taken)
-        encoded = (
-            _core.encode_batch(batch.records, self._boot_id, self.config.queue.compression)
-            if batch.records
-            else None
-        )
         try:
             result = self.queue.commit_ingest(
-                encoded,
-                len(batch.records),
+                self._encode_by_priority(batch.records),
                 next_seq,
                 batch.mid_entries,
                 batch.dead_letters,
@@ -274,6 +269,17 @@ class Ingest:
             if arrival.qos > 0:
                 self.client.ack(arrival.mid, arrival.qos)
         return True
+
+    def _encode_by_priority(self, records: list[tuple]) -> list[NewBatch]:
+        """One stored batch per route priority, so eviction can take the lowest first."""
+        groups: dict[int, list[tuple]] = {}
+        for record in records:
+            groups.setdefault(self._priority[record[6]], []).append(record)
+        compression = self.config.queue.compression
+        return [
+            NewBatch(priority, _core.encode_batch(group, self._boot_id, compression), len(group))
+            for priority, group in groups.items()
+        ]
 
     def _build_batch(self, taken: list[Arrival]) -> tuple[_Batch, int, int]:
         batch = _Batch()

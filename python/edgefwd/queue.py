@@ -2,7 +2,9 @@
 
 Databases inside the environment:
 
-``batches``   u64 big-endian batch id (arrival order) -> a batch encoded by the Rust core
+``batches``   u64 big-endian batch id (arrival order) + u8 priority -> a batch encoded by the
+              Rust core; every record of a batch has the same route priority
+``evict``     u8 priority + u64 batch id -> empty: the eviction order (lowest priority, oldest)
 ``counters``  counter name -> u64; updated in the same transaction as the data it counts
 ``meta``      format version, queue epoch, next seq / batch id, subscriptions
 ``mids``      u16 MQTT packet id -> (digest, message number) of the last persisted message
@@ -25,7 +27,7 @@ import os
 import secrets
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -36,6 +38,8 @@ from edgefwd.errors import QueueOpenError
 
 QUEUE_FORMAT_VERSION = 1
 _U64 = struct.Struct(">Q")
+_BATCH_KEY = struct.Struct(">QB")
+_EVICT_KEY = struct.Struct(">BQ")
 _MID = struct.Struct(">H")
 _MID_ENTRY = struct.Struct(">8sQ")
 
@@ -64,8 +68,28 @@ COUNTER_NAMES = (
 )
 
 
-def batch_key(batch_id: int) -> bytes:
-    return _U64.pack(batch_id)
+@dataclass(frozen=True, slots=True)
+class NewBatch:
+    """An encoded batch about to be stored; all its records share the route priority."""
+
+    priority: int
+    data: bytes
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    id: int
+    priority: int
+    data: bytes
+
+    @property
+    def key(self) -> bytes:
+        return _BATCH_KEY.pack(self.id, self.priority)
+
+    @property
+    def evict_key(self) -> bytes:
+        return _EVICT_KEY.pack(self.priority, self.id)
 
 
 class _Blocked(Exception):
@@ -79,14 +103,15 @@ class DeadLetter:
     data: bytes  # an encoded one-record batch, or the raw stored bytes of a corrupt batch
     mqtt_topic: str | None = None
     seq: int | None = None
+    batch_id: int | None = None  # the stored batch it came from (drain), if any
 
 
 @dataclass(slots=True)
 class IngestResult:
-    batch_id: int | None
-    stored: bool  # False: the whole batch was refused (drop_newest) or blocked
-    blocked: bool = False
-    dropped_oldest_records: int = 0
+    blocked: bool = False  # True: nothing was written; nothing may be acked
+    batch_ids: list[int] = field(default_factory=list)
+    dropped_new_records: int = 0
+    dropped_old_records: int = 0
 
 
 class Queue:
@@ -125,6 +150,7 @@ class Queue:
             self.env.reader_check()  # forget readers of processes that died
             create = not readonly
             self._batches = self.env.open_db(b"batches", create=create)
+            self._evict_index = self.env.open_db(b"evict", create=create)
             self._counters = self.env.open_db(b"counters", create=create)
             self._meta = self.env.open_db(b"meta", create=create)
             self._mids = self.env.open_db(b"mids", create=create)
@@ -209,66 +235,76 @@ class Queue:
     # ---------------------------------------------------------------- ingest
     def commit_ingest(
         self,
-        batch: bytes | None,
-        records: int,
+        batches: Sequence[NewBatch],
         next_seq: int,
         mid_entries: Sequence[tuple[int, bytes, int]],
         dead_letters: Sequence[DeadLetter],
         counts: dict[str, int],
         on_full: str,
     ) -> IngestResult:
-        """Persist one group commit: a batch, its counters and packet-id entries, durably.
+        """Persist one group commit: its batches, counters and packet-id entries, durably.
 
         ``mid_entries`` are (packet id, digest, message number) of the messages this commit
         holds.  On return the commit is on disk (fsync), so those messages may be acked.
         A full queue is handled by ``on_full``; ``blocked`` in the result means nothing was
         written and nothing may be acked.
         """
-        full = False  # LMDB's map itself filled up on an earlier attempt
+        drop_all = False
         for attempt in range(4):
             try:
                 with self.env.begin(write=True) as txn:
                     return self._write_ingest(
-                        txn, batch, records, next_seq, mid_entries, dead_letters, counts, on_full, full
+                        txn, batches, next_seq, mid_entries, dead_letters, counts, on_full, drop_all
                     )
             except _Blocked:
-                return IngestResult(batch_id=None, stored=False, blocked=True)
+                return IngestResult(blocked=True)
             except lmdb.MapFullError:
-                # Pages freed inside a transaction are not reusable by it: evict in a
-                # transaction of its own, then write again.
-                full = True
+                # LMDB's file is full although the stored bytes are under the limit (page
+                # rounding, fragmentation). Pages freed inside a transaction are not
+                # reusable by it: evict in a transaction of its own, then write again.
+                if on_full == "block" or drop_all:
+                    break
+                freed = 0
                 if on_full == "drop_oldest":
+                    need = sum(len(b.data) for b in batches) * 2 + (attempt + 1) * 65536
                     with self.env.begin(write=True) as txn:
-                        if not self._evict_oldest(txn, (len(batch) if batch else 0) * 2 + (attempt + 1) * 65536):
-                            break
-        return IngestResult(batch_id=None, stored=False, blocked=True)
+                        freed = self._evict(txn, need, max(b.priority for b in batches))[1]
+                drop_all = not freed  # nothing we may evict: the new batches are the ones to go
+        return IngestResult(blocked=True)
 
-    def _write_ingest(self, txn, batch, records, next_seq, mid_entries, dead_letters, counts, on_full, full):
-        result = IngestResult(batch_id=None, stored=True)
+    def _write_ingest(self, txn, batches, next_seq, mid_entries, dead_letters, counts, on_full, drop_all):
+        result = IngestResult()
         deltas = dict(counts)
-        if batch:
-            size = len(batch)
-            stored_bytes = self._get_u64(txn, b"stored_bytes", self._counters)
-            over = stored_bytes + size > self.logical_limit
-            if over or full:
+        stored_bytes = self._get_u64(txn, b"stored_bytes", self._counters)
+        next_id = self._get_u64(txn, b"next_batch", self._meta)
+        # Highest priority first, so that when room runs out it is the lower ones that go.
+        for batch in sorted(batches, key=lambda b: -b.priority):
+            size = len(batch.data)
+            if stored_bytes + size > self.logical_limit or drop_all:
                 if on_full == "block":
                     raise _Blocked
-                if on_full == "drop_newest" or size > self.logical_limit:
-                    deltas["dropped.queue_full"] = deltas.get("dropped.queue_full", 0) + records
-                    deltas["received"] = deltas.get("received", 0) + records
-                    result.stored = False
-                elif over:
-                    result.dropped_oldest_records = self._evict_oldest(
-                        txn, stored_bytes + size - self.logical_limit
-                    )
-            if result.stored:
-                batch_id = self._get_u64(txn, b"next_batch", self._meta)
-                txn.put(_U64.pack(batch_id), batch, db=self._batches, append=True)
-                txn.put(b"next_batch", _U64.pack(batch_id + 1), db=self._meta)
-                result.batch_id = batch_id
-                deltas["received"] = deltas.get("received", 0) + records
-                deltas["stored_records"] = deltas.get("stored_records", 0) + records
-                deltas["stored_bytes"] = deltas.get("stored_bytes", 0) + size
+                room = False
+                if on_full == "drop_oldest" and not drop_all:
+                    need = stored_bytes + size - self.logical_limit
+                    dropped, freed = self._evict(txn, need, batch.priority)
+                    result.dropped_old_records += dropped
+                    stored_bytes -= freed
+                    room = stored_bytes + size <= self.logical_limit
+                if not room:
+                    result.dropped_new_records += batch.records
+                    deltas["dropped.queue_full"] = deltas.get("dropped.queue_full", 0) + batch.records
+                    deltas["received"] = deltas.get("received", 0) + batch.records
+                    continue
+            stored = StoredBatch(next_id, batch.priority, batch.data)
+            txn.put(stored.key, batch.data, db=self._batches)
+            txn.put(stored.evict_key, b"", db=self._evict_index)
+            result.batch_ids.append(next_id)
+            next_id += 1
+            stored_bytes += size
+            deltas["received"] = deltas.get("received", 0) + batch.records
+            deltas["stored_records"] = deltas.get("stored_records", 0) + batch.records
+            deltas["stored_bytes"] = deltas.get("stored_bytes", 0) + size
+        txn.put(b"next_batch", _U64.pack(next_id), db=self._meta)
         txn.put(b"next_seq", _U64.pack(next_seq), db=self._meta)
         for mid, digest, number in mid_entries:
             txn.put(_MID.pack(mid), _MID_ENTRY.pack(digest, number), db=self._mids)
@@ -279,38 +315,69 @@ class Queue:
         self._add(txn, deltas)
         return result
 
-    def _evict_oldest(self, txn: lmdb.Transaction, need_bytes: int) -> int:
-        """Delete the oldest batches until ``need_bytes`` are freed; count what was dropped."""
-        freed = dropped = batches = 0
-        cursor = txn.cursor(db=self._batches)
-        if cursor.first():
-            while freed < need_bytes:
-                value = cursor.value()
-                try:
-                    n = _core.batch_record_count(bytes(value))
-                except _core.CorruptBatchError:
-                    n = 0
+    def _evict(self, txn: lmdb.Transaction, need_bytes: int, max_priority: int) -> tuple[int, int]:
+        """Delete batches, lowest priority and oldest first, never above `max_priority`,
+        until `need_bytes` are freed. Counts the records as dropped (queue full).
+        Returns (records dropped, bytes freed)."""
+        freed = dropped = 0
+        cursor = txn.cursor(db=self._evict_index)
+        if not cursor.first():
+            return 0, 0
+        while freed < need_bytes:
+            priority, batch_id = _EVICT_KEY.unpack(cursor.key())
+            if priority > max_priority:
+                break
+            key = _BATCH_KEY.pack(batch_id, priority)
+            value = txn.get(key, db=self._batches)
+            if value is not None:
                 freed += len(value)
-                dropped += n
-                batches += 1
-                if not cursor.delete():
-                    break
-        if batches:
-            self._add(
-                txn,
-                {"stored_bytes": -freed, "stored_records": -dropped, "dropped.queue_full": dropped},
-            )
+                dropped += _record_count(value)
+                txn.delete(key, db=self._batches)
+            if not cursor.delete():
+                break
+        if freed:
+            self._add(txn, {"stored_bytes": -freed, "stored_records": -dropped, "dropped.queue_full": dropped})
+        return dropped, freed
+
+    def expire(self, cutoff_ms: int, keep: set[int] = frozenset(), limit: int = 64) -> int:
+        """Delete up to `limit` of the oldest batches whose newest record arrived before
+        `cutoff_ms` (queue.max_age), except the ids in `keep` (the drainer's in flight).
+        Counts them as dropped (expired); returns the number of records dropped."""
+        dropped = freed = 0
+        with self.env.begin(write=True) as txn:
+            cursor = txn.cursor(db=self._batches)
+            seen = 0
+            if cursor.first():
+                while seen < limit:
+                    batch_id, priority = _BATCH_KEY.unpack(cursor.key())
+                    value = cursor.value()
+                    seen += 1
+                    newest = _newest_receive_ms(value)
+                    if newest is None or newest >= cutoff_ms:
+                        break  # arrival order: all after it is newer; a corrupt one is the drainer's
+                    if batch_id in keep:
+                        if not cursor.next():
+                            break
+                        continue
+                    freed += len(value)
+                    dropped += _record_count(value)
+                    txn.delete(_EVICT_KEY.pack(priority, batch_id), db=self._evict_index)
+                    if not cursor.delete():
+                        break
+            if freed:
+                self._add(txn, {"stored_bytes": -freed, "stored_records": -dropped, "dropped.expired": dropped})
         return dropped
 
     # ---------------------------------------------------------------- drain
-    def read_batches(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+    def read_batches(self, after_id: int, limit: int) -> list[StoredBatch]:
         """Up to ``limit`` batches with id > ``after_id``, oldest first, copied out."""
-        out: list[tuple[int, bytes]] = []
+        out: list[StoredBatch] = []
         with self.env.begin(buffers=False) as txn:
             cursor = txn.cursor(db=self._batches)
             if cursor.set_range(_U64.pack(after_id + 1)):
                 for key, value in cursor:
-                    out.append((_U64.unpack(key)[0], value))
+                    batch_id, priority = _BATCH_KEY.unpack(key)
+                    out.append(StoredBatch(batch_id, priority, value))
                     if len(out) >= limit:
                         break
         return out
@@ -318,45 +385,47 @@ class Queue:
     def oldest_batch_id(self) -> int | None:
         with self.env.begin() as txn:
             cursor = txn.cursor(db=self._batches)
-            return _U64.unpack(cursor.key())[0] if cursor.first() else None
+            return _BATCH_KEY.unpack(cursor.key())[0] if cursor.first() else None
 
     def complete_batches(
         self,
-        done: Sequence[tuple[int, int, int]],
+        done: Sequence[tuple[StoredBatch, int]],
         dead_letters: Sequence[DeadLetter] = (),
         *,
-        corrupt: Sequence[tuple[int, int, int]] = (),
+        corrupt: Sequence[tuple[StoredBatch, int]] = (),
     ) -> None:
         """Delete drained batches and count them, in one transaction.
 
-        ``done``: (batch id, records in it, stored bytes) of batches whose every record Kafka
-        acknowledged or refused for good; the refused ones are ``dead_letters``.
-        ``corrupt``: (batch id, records per its header, bytes) of batches whose CRC failed;
-        they move whole to the dead-letter store.
+        ``done``: (batch, records in it) for batches whose every record Kafka acknowledged
+        or refused for good; the refused ones are ``dead_letters``.  ``corrupt``: (batch,
+        records per its header) for batches whose CRC failed; they move whole to the
+        dead-letter store.  A batch already gone (evicted or expired meanwhile) was
+        counted as dropped then and is not counted again.
         """
         with self.env.begin(write=True) as txn:
-            removed_records = freed = 0
-            for batch_id, n_records, size in done:
-                if txn.delete(_U64.pack(batch_id), db=self._batches):
+            removed_records = freed = refused = 0
+            for batch, n_records in done:
+                if txn.delete(batch.key, db=self._batches):
+                    txn.delete(batch.evict_key, db=self._evict_index)
                     removed_records += n_records
-                    freed += size
-            letters = list(dead_letters)
+                    freed += len(batch.data)
+                    refused += sum(1 for d in dead_letters if d.batch_id == batch.id)
+            letters = [d for d in dead_letters if d.batch_id is None or any(b.id == d.batch_id for b, _ in done)]
             corrupt_records = 0
-            for batch_id, n_records, size in corrupt:
-                raw = txn.get(_U64.pack(batch_id), db=self._batches)
-                if raw is None:
+            for batch, n_records in corrupt:
+                if not txn.delete(batch.key, db=self._batches):
                     continue
-                letters.append(DeadLetter(reason="batch CRC mismatch", source="corrupt", data=bytes(raw)))
-                txn.delete(_U64.pack(batch_id), db=self._batches)
+                txn.delete(batch.evict_key, db=self._evict_index)
+                letters.append(DeadLetter(reason="batch CRC mismatch", source="corrupt", data=batch.data))
                 corrupt_records += n_records
-                freed += size
+                freed += len(batch.data)
             if letters:
                 self._put_dead_letters(txn, letters)
             self._add(
                 txn,
                 {
-                    "forwarded": removed_records - len(dead_letters),
-                    "dead_lettered": len(dead_letters) + corrupt_records,
+                    "forwarded": removed_records - refused,
+                    "dead_lettered": refused + corrupt_records,
                     "stored_records": -(removed_records + corrupt_records),
                     "stored_bytes": -freed,
                 },
@@ -396,10 +465,29 @@ class Queue:
             counters = {name: self._get_u64(txn, name.encode(), self._counters) for name in COUNTER_NAMES}
             cursor = txn.cursor(db=self._batches)
             oldest = cursor.value() if cursor.first() else None
-        oldest_ms = None
-        if oldest is not None:
-            try:
-                oldest_ms = _core.decode_batch(oldest)[1][0][1]
-            except (_core.CorruptBatchError, IndexError):
-                oldest_ms = None
+        oldest_ms = _oldest_receive_ms(oldest) if oldest is not None else None
         return {"counters": counters, "oldest_receive_ms": oldest_ms}
+
+
+def _record_count(data: bytes) -> int:
+    try:
+        return _core.batch_record_count(bytes(data))
+    except _core.CorruptBatchError:
+        return 0
+
+
+def _receive_times(data: bytes) -> list[int]:
+    try:
+        return [record[1] for record in _core.decode_batch(bytes(data))[1]]
+    except _core.CorruptBatchError:
+        return []
+
+
+def _oldest_receive_ms(data: bytes) -> int | None:
+    times = _receive_times(data)
+    return min(times) if times else None
+
+
+def _newest_receive_ms(data: bytes) -> int | None:
+    times = _receive_times(data)
+    return max(times) if times else None

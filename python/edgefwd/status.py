@@ -145,9 +145,10 @@ def _health(doc: dict, snap: dict, now: float) -> tuple[str, list[str]]:
     blocked = doc["mqtt"].get("blocked")
     if blocked and doc["agent"]["running"]:
         critical.append(blocked)
-    dropped = doc["counters"]["dropped"]
-    if dropped["queue_full"] or dropped["expired"]:
-        degraded.append(f"dropped so far: {dropped['queue_full']} (queue full), {dropped['expired']} (expired)")
+    dropping = float(snap.get("rates", {}).get("dropped_per_s", 0.0))
+    if dropping > 0 and doc["agent"]["running"]:
+        critical.append(f"dropping messages now ({dropping:.0f}/s, queue.on_full={snap.get('queue', {}).get('on_full')}"
+                        " or queue.max_age): see counters.dropped")
     if doc["agent"]["running"]:
         if not doc["mqtt"]["connected"]:
             degraded.append(f"MQTT broker not connected: {doc['mqtt']['last_error'] or 'connecting'}")

@@ -47,8 +47,8 @@ def arrival(mid, topic=b"v/d1/t", payload=b"p", dup=False, qos=1):
 
 def stored(ingest) -> list[tuple]:
     out = []
-    for _, data in ingest.queue.read_batches(0, 1000):
-        out.extend(_core.decode_batch(data)[1])
+    for batch in ingest.queue.read_batches(0, 1000):
+        out.extend(_core.decode_batch(batch.data)[1])
     return out
 
 
@@ -83,7 +83,7 @@ def test_dup_copy_inside_the_same_batch_is_skipped(ingest):
 def test_old_packet_id_entry_does_not_swallow_a_new_message(ingest):
     # The same content under the same packet id, but far more messages ago than the
     # broker's id space allows: the broker has long reused the id; it is a new message.
-    ingest.queue.commit_ingest(None, 0, 1, [(9, message_digest(b"v/d1/t", b"A"), 1)], [], {}, "drop_oldest")
+    ingest.queue.commit_ingest([], 1, [(9, message_digest(b"v/d1/t", b"A"), 1)], [], {}, "drop_oldest")
     ingest._message_number = REDELIVERY_WINDOW + 10
     assert ingest._commit_and_ack([arrival(9, payload=b"A", dup=True)])
     assert len(stored(ingest)) == 2

@@ -6,7 +6,7 @@ import pytest
 
 from edgefwd import _core
 from edgefwd.errors import QueueOpenError
-from edgefwd.queue import DeadLetter, Queue
+from edgefwd.queue import DeadLetter, NewBatch, Queue
 
 BOOT = bytes(16)
 
@@ -18,21 +18,28 @@ def records(first_seq: int, n: int, payload: bytes = b"x" * 200) -> list[tuple]:
     ]
 
 
-def ingest(q: Queue, seq: int, n: int, on_full: str = "drop_oldest", mids=()):
-    batch = _core.encode_batch(records(seq, n), BOOT)
-    return q.commit_ingest(batch, n, seq + n, list(mids), [], {"messages": n}, on_full), len(batch)
+def ingest(q: Queue, seq: int, n: int, on_full: str = "drop_oldest", mids=(), priority: int = 0, wall_ms=None):
+    recs = records(seq, n)
+    if wall_ms is not None:
+        recs = [(r[0], wall_ms, *r[2:]) for r in recs]
+    batch = _core.encode_batch(recs, BOOT)
+    return q.commit_ingest([NewBatch(priority, batch, n)], seq + n, list(mids), [], {"messages": n}, on_full), len(batch)
+
+
+def first_seqs(q: Queue) -> list[int]:
+    return [_core.decode_batch(b.data)[1][0][0] for b in q.read_batches(0, 10_000)]
 
 
 def test_commit_read_complete_keeps_the_books(tmp_path):
     q = Queue(tmp_path, 64 << 20)
     r1, size1 = ingest(q, 1, 10)
     r2, size2 = ingest(q, 11, 5)
-    assert (r1.batch_id, r2.batch_id) == (1, 2)
+    assert (r1.batch_ids, r2.batch_ids) == ([1], [2])
     got = q.read_batches(0, 10)
-    assert [b for b, _ in got] == [1, 2]
-    assert _core.decode_batch(got[1][1])[1][0][0] == 11
-    assert q.read_batches(1, 10)[0][0] == 2
-    q.complete_batches([(1, 10, size1)])
+    assert [b.id for b in got] == [1, 2]
+    assert _core.decode_batch(got[1].data)[1][0][0] == 11
+    assert q.read_batches(1, 10)[0].id == 2
+    q.complete_batches([(got[0], 10)])
     c = q.counters()
     assert c["received"] == 15 and c["forwarded"] == 10 and c["stored_records"] == 5
     assert c["stored_bytes"] == size2
@@ -64,8 +71,7 @@ def test_drop_oldest_evicts_and_counts(tmp_path):
     assert c["dropped.queue_full"] > 0
     assert c["received"] == n == c["stored_records"] + c["dropped.queue_full"]
     # the survivors are the newest
-    first = q.read_batches(0, 1)[0][1]
-    assert _core.decode_batch(first)[1][0][0] > 1
+    assert first_seqs(q)[0] > 1
 
 
 def test_drop_newest_refuses_and_counts(tmp_path):
@@ -75,8 +81,7 @@ def test_drop_newest_refuses_and_counts(tmp_path):
     c = q.counters()
     assert c["dropped.queue_full"] > 0
     assert c["received"] == c["stored_records"] + c["dropped.queue_full"]
-    first = q.read_batches(0, 1)[0][1]
-    assert _core.decode_batch(first)[1][0][0] == 1  # the oldest survived
+    assert first_seqs(q)[0] == 1  # the oldest survived
 
 
 def test_block_refuses_without_counting(tmp_path):
@@ -96,7 +101,7 @@ def test_block_refuses_without_counting(tmp_path):
 def test_dead_letters_are_stored_and_counted(tmp_path):
     q = Queue(tmp_path, 8 << 20)
     letter = DeadLetter(reason="bad topic", source="ingest", data=b"raw", mqtt_topic="a/b", seq=7)
-    q.commit_ingest(None, 0, 8, [], [letter], {}, "drop_oldest")
+    q.commit_ingest([], 8, [], [letter], {}, "drop_oldest")
     (lid, meta, data), = q.dead_letters()
     assert meta["reason"] == "bad topic" and meta["seq"] == 7 and data == b"raw"
     c = q.counters()
@@ -105,9 +110,10 @@ def test_dead_letters_are_stored_and_counted(tmp_path):
 
 def test_corrupt_batch_moves_to_dead_letters_once(tmp_path):
     q = Queue(tmp_path, 8 << 20)
-    _, size = ingest(q, 1, 10)
-    q.complete_batches([], corrupt=[(1, 10, size)])
-    q.complete_batches([], corrupt=[(1, 10, size)])  # already gone: not counted again
+    ingest(q, 1, 10)
+    (batch,) = q.read_batches(0, 1)
+    q.complete_batches([], corrupt=[(batch, 10)])
+    q.complete_batches([], corrupt=[(batch, 10)])  # already gone: not counted again
     c = q.counters()
     assert c["dead_lettered"] == 10 and c["stored_records"] == 0
     assert len(q.dead_letters()) == 1
@@ -133,3 +139,39 @@ def test_unreadable_queue_refuses_to_open(tmp_path):
     (tmp_path / "queue" / "data.mdb").write_bytes(b"this is not an LMDB file" * 100)
     with pytest.raises(QueueOpenError, match="cannot open the queue"):
         Queue(tmp_path, 8 << 20)
+
+
+def test_drop_oldest_takes_low_priority_first_and_never_higher(tmp_path):
+    q = Queue(tmp_path, 8 << 20)
+    for i in range(150):  # alarms (priority 10) and telemetry (0), interleaved: ~7.4 MB
+        ingest(q, 1 + i * 200, 100, priority=10 if i % 4 == 0 else 0)
+        ingest(q, 101 + i * 200, 100, priority=0)
+    kept = q.read_batches(0, 10_000)
+    alarms = [b for b in kept if b.priority == 10]
+    assert len(alarms) == 38, "no alarm batch may be evicted while telemetry remains"
+    c = q.counters()
+    assert c["dropped.queue_full"] > 0
+    assert c["received"] == c["stored_records"] + c["dropped.queue_full"]
+    # telemetry alone cannot push alarms out: it is dropped itself instead
+    while len([b for b in q.read_batches(0, 10_000) if b.priority == 0]):
+        q.complete_batches([(b, 100) for b in q.read_batches(0, 10_000) if b.priority == 0])
+    for i in range(250):
+        ingest(q, 50_000 + i * 100, 100, priority=10)
+    before = q.counters()["dropped.queue_full"]
+    # the alarms filled the queue up to less than one alarm batch of room: a telemetry
+    # batch twice that size can only get in by evicting alarms, which it may not
+    res, _ = ingest(q, 90_000, 200, priority=0)
+    assert res.dropped_new_records == 200
+    assert q.counters()["dropped.queue_full"] == before + 200
+    assert all(b.priority == 10 for b in q.read_batches(0, 10_000))
+
+
+def test_expire_drops_old_batches_and_keeps_in_flight(tmp_path):
+    q = Queue(tmp_path, 8 << 20)
+    ingest(q, 1, 10, wall_ms=1_000)
+    ingest(q, 11, 10, wall_ms=2_000)
+    ingest(q, 21, 10, wall_ms=10_000)
+    assert q.expire(cutoff_ms=5_000, keep={2}) == 10
+    assert [b.id for b in q.read_batches(0, 10)] == [2, 3]
+    c = q.counters()
+    assert c["dropped.expired"] == 10 and c["stored_records"] == 20
