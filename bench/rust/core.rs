@@ -89,7 +89,15 @@ fn bench_route(c: &mut Criterion) {
             .enumerate()
             .map(|(i, f)| {
                 let wild = f.contains('+') || f.contains('#');
-                RouteSpec::new(f, "telemetry.${gateway_id}", Some(if wild && i % 2 == 0 { "${1}" } else { "${topic}" }))
+                RouteSpec::new(
+                    f,
+                    "telemetry.${gateway_id}",
+                    Some(if wild && i % 2 == 0 {
+                        "${1}"
+                    } else {
+                        "${topic}"
+                    }),
+                )
             })
             .collect();
         let router = Router::new(&specs, "gw").unwrap();
@@ -106,10 +114,21 @@ fn bench_route(c: &mut Criterion) {
             })
         });
     }
-    let router = Router::new(&[RouteSpec::new("d/+", "t.${payload.kind}", Some("${payload.id}"))], "gw").unwrap();
-    let payload = br#"{"id":"dev-42","kind":"temp","value":21.5,"ts":1700000000123,"tags":["a","b"]}"#;
+    let router = Router::new(
+        &[RouteSpec::new(
+            "d/+",
+            "t.${payload.kind}",
+            Some("${payload.id}"),
+        )],
+        "gw",
+    )
+    .unwrap();
+    let payload =
+        br#"{"id":"dev-42","kind":"temp","value":21.5,"ts":1700000000123,"tags":["a","b"]}"#;
     g.throughput(Throughput::Elements(1));
-    g.bench_function("payload_json_fields", |b| b.iter(|| router.route(black_box("d/x"), black_box(payload))));
+    g.bench_function("payload_json_fields", |b| {
+        b.iter(|| router.route(black_box("d/x"), black_box(payload)))
+    });
     g.finish();
 }
 
@@ -130,7 +149,9 @@ fn records(payload: usize, count: usize) -> Vec<OwnedRecord> {
             // JSON-ish text, compressible the way real telemetry is
             payload: {
                 let text = br#"{"temp": 21.5, "rpm": 3000, "ok": true, "vin": "WDB1234567"}"#;
-                (0..payload).map(|k| text[(k + rng.below(3)) % text.len()]).collect()
+                (0..payload)
+                    .map(|k| text[(k + rng.below(3)) % text.len()])
+                    .collect()
             },
             user_properties: vec![],
         })
@@ -145,7 +166,9 @@ fn bench_codec(c: &mut Criterion) {
         for comp in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
             let mut g = c.benchmark_group(format!("codec_{payload}B_{}", comp.name()));
             g.throughput(Throughput::Bytes(raw_bytes as u64));
-            g.bench_function("encode", |b| b.iter(|| encode_batch(black_box(&rs), &[0; 16], comp).unwrap()));
+            g.bench_function("encode", |b| {
+                b.iter(|| encode_batch(black_box(&rs), &[0; 16], comp).unwrap())
+            });
             let data = encode_batch(&rs, &[0; 16], comp).unwrap();
             g.bench_function("decode", |b| {
                 b.iter(|| {
@@ -179,13 +202,16 @@ fn write_summary(home: &Path, out: &Path) {
     dirs.sort();
     let mut entries = Vec::new();
     for d in dirs {
-        let (Ok(est), Ok(bm)) =
-            (std::fs::read_to_string(d.join("estimates.json")), std::fs::read_to_string(d.join("benchmark.json")))
-        else {
+        let (Ok(est), Ok(bm)) = (
+            std::fs::read_to_string(d.join("estimates.json")),
+            std::fs::read_to_string(d.join("benchmark.json")),
+        ) else {
             continue;
         };
-        let (Ok(est), Ok(bm)) = (serde_json::from_str::<serde_json::Value>(&est), serde_json::from_str::<serde_json::Value>(&bm))
-        else {
+        let (Ok(est), Ok(bm)) = (
+            serde_json::from_str::<serde_json::Value>(&est),
+            serde_json::from_str::<serde_json::Value>(&bm),
+        ) else {
             continue;
         };
         let ns = est["mean"]["point_estimate"].as_f64().unwrap_or(f64::NAN);
@@ -227,7 +253,9 @@ fn write_summary(home: &Path, out: &Path) {
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let home = std::env::var_os("CRITERION_HOME").map(PathBuf::from).unwrap_or_else(|| root.join("target/criterion"));
+    let home = std::env::var_os("CRITERION_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/criterion"));
     std::env::set_var("CRITERION_HOME", &home);
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))

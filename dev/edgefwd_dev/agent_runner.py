@@ -49,7 +49,7 @@ def make_config(
 
 
 class AgentRunner:
-    def __init__(self, workdir: Path, config: dict[str, Any], name: str = "agent"):
+    def __init__(self, workdir: Path, config: dict[str, Any], name: str = "agent", env: dict[str, str] | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -58,6 +58,8 @@ class AgentRunner:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        # extra environment for the next start(), e.g. {"EDGEFWD_CRASH_AT": "ingest.after_commit:3"}
+        self.env: dict[str, str] = dict(env or {})
 
     @property
     def data_dir(self) -> Path:
@@ -66,6 +68,7 @@ class AgentRunner:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.env)
         return env
 
     def start(self) -> "AgentRunner":

@@ -26,6 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from edgefwd import _core
 from edgefwd.config import Config
+from edgefwd.faults import crash_point
 from edgefwd.kafka_props import producer_config
 from edgefwd.queue import DeadLetter, Queue, StoredBatch
 from edgefwd.snapshot import write_json_atomic
@@ -156,6 +157,7 @@ class Drainer:
             self._in_flight[batch.id] = entry
             self._in_flight_records += len(records)
             self._produce(entry, range(len(records)))
+            crash_point("drainer.after_produce")
             if self._retry_at is not None:
                 break
         return True
@@ -218,6 +220,7 @@ class Drainer:
                     dead.extend(entry.dead)
         if not done:
             return False
+        crash_point("drainer.before_delete")
         self.queue.complete_batches(done, dead)
         for batch, n in done:
             del self._in_flight[batch.id]

@@ -23,6 +23,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgefwd import _core
 from edgefwd.clock import boot_id, clock_synchronized
+from edgefwd.faults import crash_point
 from edgefwd.config import Config
 from edgefwd.queue import REDELIVERY_WINDOW, DeadLetter, NewBatch, Queue
 
@@ -262,12 +263,14 @@ class Ingest:
         if result.blocked:
             self.state.blocked = "queue full (on_full: block): not acknowledging; the broker holds new messages"
             return False
+        crash_point("ingest.after_commit")
         self.state.blocked = None
         self._next_seq = next_seq
         self._message_number = number
         for arrival in taken:
             if arrival.qos > 0:
                 self.client.ack(arrival.mid, arrival.qos)
+        crash_point("ingest.after_ack")
         return True
 
     def _encode_by_priority(self, records: list[tuple]) -> list[NewBatch]:

@@ -35,6 +35,7 @@ import lmdb
 
 from edgefwd import _core
 from edgefwd.errors import QueueOpenError
+from edgefwd.faults import crash_point
 
 QUEUE_FORMAT_VERSION = 1
 _U64 = struct.Struct(">Q")
@@ -337,6 +338,7 @@ class Queue:
                 break
         if freed:
             self._add(txn, {"stored_bytes": -freed, "stored_records": -dropped, "dropped.queue_full": dropped})
+            crash_point("queue.evict")
         return dropped, freed
 
     def expire(self, cutoff_ms: int, keep: set[int] = frozenset(), limit: int = 64) -> int:
@@ -366,6 +368,7 @@ class Queue:
                         break
             if freed:
                 self._add(txn, {"stored_bytes": -freed, "stored_records": -dropped, "dropped.expired": dropped})
+                crash_point("queue.expire")
         return dropped
 
     # ---------------------------------------------------------------- drain

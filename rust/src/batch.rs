@@ -6,6 +6,7 @@ use edgefwd_core::Error;
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use rustc_hash::FxHashMap;
 
 use crate::errors::CoreResult;
 
@@ -54,9 +55,9 @@ impl RecordIn {
 }
 
 fn boot_id_array(boot_id: &[u8]) -> CoreResult<[u8; 16]> {
-    Ok(boot_id
-        .try_into()
-        .map_err(|_| Error::InvalidInput(format!("boot_id must be 16 bytes, got {}", boot_id.len())))?)
+    Ok(boot_id.try_into().map_err(|_| {
+        Error::InvalidInput(format!("boot_id must be 16 bytes, got {}", boot_id.len()))
+    })?)
 }
 
 /// Encode records into one batch.
@@ -80,7 +81,10 @@ fn encode_batch<'py>(
 fn record_tuple<'py>(py: Python<'py>, r: &Record<'_>) -> PyResult<Bound<'py, PyTuple>> {
     let props = PyList::new(
         py,
-        r.user_properties.iter().map(|(n, v)| PyTuple::new(py, [PyString::new(py, n), PyString::new(py, v)])).collect::<PyResult<Vec<_>>>()?,
+        r.user_properties
+            .iter()
+            .map(|(n, v)| PyTuple::new(py, [PyString::new(py, n), PyString::new(py, v)]))
+            .collect::<PyResult<Vec<_>>>()?,
     )?;
     PyTuple::new(
         py,
@@ -88,7 +92,9 @@ fn record_tuple<'py>(py: Python<'py>, r: &Record<'_>) -> PyResult<Bound<'py, PyT
             r.seq.into_pyobject(py)?.into_any(),
             r.recv_wall_ms.into_pyobject(py)?.into_any(),
             r.recv_mono_ns.into_pyobject(py)?.into_any(),
-            pyo3::types::PyBool::new(py, r.clock_synced).to_owned().into_any(),
+            pyo3::types::PyBool::new(py, r.clock_synced)
+                .to_owned()
+                .into_any(),
             r.qos.into_pyobject(py)?.into_any(),
             pyo3::types::PyBool::new(py, r.retain).to_owned().into_any(),
             r.route.into_pyobject(py)?.into_any(),
@@ -109,8 +115,16 @@ fn record_tuple<'py>(py: Python<'py>, r: &Record<'_>) -> PyResult<Bound<'py, PyT
 fn decode_batch<'py>(py: Python<'py>, data: &[u8]) -> CoreResult<Bound<'py, PyTuple>> {
     let b = py.detach(|| batch::open_batch(data))?;
     let recs = py.detach(|| b.records())?;
-    let list = PyList::new(py, recs.iter().map(|r| record_tuple(py, r)).collect::<PyResult<Vec<_>>>()?)?;
-    Ok(PyTuple::new(py, [PyBytes::new(py, b.boot_id()).into_any(), list.into_any()])?)
+    let list = PyList::new(
+        py,
+        recs.iter()
+            .map(|r| record_tuple(py, r))
+            .collect::<PyResult<Vec<_>>>()?,
+    )?;
+    Ok(PyTuple::new(
+        py,
+        [PyBytes::new(py, b.boot_id()).into_any(), list.into_any()],
+    )?)
 }
 
 /// The record count from the batch header (the body is not read).
@@ -121,59 +135,54 @@ fn batch_record_count(data: &[u8]) -> CoreResult<u32> {
 
 /// Decode a batch into what `Producer.produce` takes, per record:
 /// (kafka_topic, payload, kafka_key, recv_wall_ms, headers).
+///
+/// Python objects are the cost here, not decoding: every object that repeats within the
+/// batch (Kafka topics, keys, and whole header tuples such as `("mqtt.qos", b"1")`,
+/// `("edgefwd.gateway", ...)` or a topic seen before) is made once per batch and shared,
+/// which is safe because str, bytes and tuples are immutable.
 #[pyfunction]
-fn decode_for_produce<'py>(py: Python<'py>, data: &[u8], gateway_id: &str, epoch: &str) -> CoreResult<Bound<'py, PyList>> {
+fn decode_for_produce<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    gateway_id: &str,
+    epoch: &str,
+) -> CoreResult<Bound<'py, PyList>> {
     let b = py.detach(|| batch::open_batch(data))?;
     let recs = py.detach(|| b.records())?;
 
-    // Objects shared by every record of the batch.
-    let gateway = PyBytes::new(py, gateway_id.as_bytes());
-    let epoch_b = PyBytes::new(py, epoch.as_bytes());
-    let fixed = |v: &'static [u8]| -> Bound<'py, PyAny> { PyBytes::new(py, v).into_any() };
-    let qos_vals = [fixed(b"0"), fixed(b"1"), fixed(b"2")];
-    let true_b = fixed(b"true");
-    let false_b = fixed(b"false");
-    let unsynced = fixed(b"unsynced");
-    let mut last_topic: Option<(&str, Bound<'py, PyString>)> = None;
+    let mut header_cache: FxHashMap<(HeaderName<'_>, &[u8]), Bound<'py, PyTuple>> =
+        FxHashMap::default();
+    let mut topic_cache: FxHashMap<&str, Bound<'py, PyString>> = FxHashMap::default();
+    let mut key_cache: FxHashMap<&[u8], Bound<'py, PyBytes>> = FxHashMap::default();
+    let seq_name = pyo3::intern!(py, "edgefwd.seq");
+    let none = py.None().into_bound(py);
 
     let mut out = Vec::with_capacity(recs.len());
     for r in &recs {
         let mut headers: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(7 + r.user_properties.len());
         let mut err: Option<PyErr> = None;
         produce::for_each_header(r, gateway_id, epoch, |name, value| {
-            let n = match name {
-                HeaderName::Fixed(produce::H_MQTT_TOPIC) => pyo3::intern!(py, "mqtt.topic").clone(),
-                HeaderName::Fixed(produce::H_MQTT_QOS) => pyo3::intern!(py, "mqtt.qos").clone(),
-                HeaderName::Fixed(produce::H_MQTT_RETAIN) => pyo3::intern!(py, "mqtt.retain").clone(),
-                HeaderName::Fixed(produce::H_GATEWAY) => pyo3::intern!(py, "edgefwd.gateway").clone(),
-                HeaderName::Fixed(produce::H_EPOCH) => pyo3::intern!(py, "edgefwd.epoch").clone(),
-                HeaderName::Fixed(produce::H_SEQ) => pyo3::intern!(py, "edgefwd.seq").clone(),
-                HeaderName::Fixed(produce::H_CLOCK) => pyo3::intern!(py, "edgefwd.clock").clone(),
-                HeaderName::Fixed(other) => PyString::new(py, other),
-                HeaderName::User(u) => {
-                    let mut s = String::with_capacity(produce::H_USER_PREFIX.len() + u.len());
-                    s.push_str(produce::H_USER_PREFIX);
-                    s.push_str(u);
-                    PyString::new(py, &s)
-                }
-            };
-            let v: Bound<'py, PyAny> = match value {
-                HeaderValue::Fixed(b"0") => qos_vals[0].clone(),
-                HeaderValue::Fixed(b"1") => qos_vals[1].clone(),
-                HeaderValue::Fixed(b"2") => qos_vals[2].clone(),
-                HeaderValue::Fixed(b"true") => true_b.clone(),
-                HeaderValue::Fixed(b"false") => false_b.clone(),
-                HeaderValue::Fixed(b"unsynced") => unsynced.clone(),
-                HeaderValue::Fixed(other) => PyBytes::new(py, other).into_any(),
-                HeaderValue::Borrowed(b) if std::ptr::eq(b, gateway_id.as_bytes()) => gateway.clone().into_any(),
-                HeaderValue::Borrowed(b) if std::ptr::eq(b, epoch.as_bytes()) => epoch_b.clone().into_any(),
-                HeaderValue::Borrowed(b) => PyBytes::new(py, b).into_any(),
+            let made = match value {
                 HeaderValue::Seq(s) => {
                     let mut buf = [0u8; 20];
-                    PyBytes::new(py, fmt_u64(s, &mut buf)).into_any()
+                    PyTuple::new(
+                        py,
+                        [
+                            seq_name.clone().into_any(),
+                            PyBytes::new(py, fmt_u64(s, &mut buf)).into_any(),
+                        ],
+                    )
+                }
+                HeaderValue::Fixed(v) | HeaderValue::Borrowed(v) => {
+                    match header_cache.get(&(name, v)) {
+                        Some(t) => Ok(t.clone()),
+                        None => header_tuple(py, name, v).inspect(|t| {
+                            header_cache.insert((name, v), t.clone());
+                        }),
+                    }
                 }
             };
-            match PyTuple::new(py, [n.into_any(), v]) {
+            match made {
                 Ok(t) => headers.push(t),
                 Err(e) => err = Some(e),
             }
@@ -181,29 +190,47 @@ fn decode_for_produce<'py>(py: Python<'py>, data: &[u8], gateway_id: &str, epoch
         if let Some(e) = err {
             return Err(e.into());
         }
-        let topic = match &last_topic {
-            Some((s, obj)) if *s == r.kafka_topic => obj.clone(),
-            _ => {
-                let obj = PyString::new(py, r.kafka_topic);
-                last_topic = Some((r.kafka_topic, obj.clone()));
-                obj
-            }
+        let topic = topic_cache
+            .entry(r.kafka_topic)
+            .or_insert_with(|| PyString::new(py, r.kafka_topic))
+            .clone();
+        let key = match r.kafka_key {
+            Some(k) => key_cache
+                .entry(k)
+                .or_insert_with(|| PyBytes::new(py, k))
+                .clone()
+                .into_any(),
+            None => none.clone(),
         };
         out.push(PyTuple::new(
             py,
             [
                 topic.into_any(),
                 PyBytes::new(py, r.payload).into_any(),
-                match r.kafka_key {
-                    Some(k) => PyBytes::new(py, k).into_any(),
-                    None => py.None().into_bound(py),
-                },
+                key,
                 r.recv_wall_ms.into_pyobject(py)?.into_any(),
                 PyList::new(py, headers)?.into_any(),
             ],
         )?);
     }
     Ok(PyList::new(py, out)?)
+}
+
+fn header_tuple<'py>(
+    py: Python<'py>,
+    name: HeaderName<'_>,
+    value: &[u8],
+) -> PyResult<Bound<'py, PyTuple>> {
+    let n = match name {
+        HeaderName::Fixed(s) => PyString::new(py, s),
+        HeaderName::User(u) => {
+            let mut s = String::with_capacity(produce::H_USER_PREFIX.len() + u.len());
+            s.push_str(produce::H_USER_PREFIX);
+            s.push_str(u);
+            PyString::new(py, &s)
+        }
+    };
+    PyTuple::new(py, [n.into_any(), PyBytes::new(py, value).into_any()])
 }
 
 /// Decimal digits of `v` in `buf`.

@@ -67,7 +67,8 @@ static CLASSES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
 fn classes(py: Python<'_>) -> &Vec<Py<PyType>> {
     CLASSES.get_or_init(py, || {
         let ns = PyDict::new(py);
-        py.run(EXCEPTIONS_SRC, Some(&ns), None).expect("defining the exception classes");
+        py.run(EXCEPTIONS_SRC, Some(&ns), None)
+            .expect("defining the exception classes");
         NAMES
             .iter()
             .map(|n| {
@@ -92,7 +93,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 fn class<'py>(py: Python<'py>, name: &str) -> Bound<'py, PyType> {
-    let i = NAMES.iter().position(|n| *n == name).expect("known exception");
+    let i = NAMES
+        .iter()
+        .position(|n| *n == name)
+        .expect("known exception");
     classes(py)[i].bind(py).clone()
 }
 
@@ -134,11 +138,27 @@ impl From<CoreError> for PyErr {
                 Error::Topic { .. } => class(py, "TopicError").call1((msg,)),
                 Error::Template { .. } => class(py, "TemplateError").call1((msg,)),
                 Error::InvalidInput(_) => class(py, "InvalidInputError").call1((msg,)),
-                Error::CorruptBatch { offset, reason, record_count } => {
-                    class(py, "CorruptBatchError").call1((msg, *offset, reason.as_str(), *record_count))
-                }
-                Error::UnsupportedVersion { version, record_count, .. } => class(py, "UnsupportedBatchVersionError")
-                    .call1((msg.clone(), 4usize, msg, Some(*record_count), *version)),
+                Error::CorruptBatch {
+                    offset,
+                    reason,
+                    record_count,
+                } => class(py, "CorruptBatchError").call1((
+                    msg,
+                    *offset,
+                    reason.as_str(),
+                    *record_count,
+                )),
+                Error::UnsupportedVersion {
+                    version,
+                    record_count,
+                    ..
+                } => class(py, "UnsupportedBatchVersionError").call1((
+                    msg.clone(),
+                    4usize,
+                    msg,
+                    Some(*record_count),
+                    *version,
+                )),
             };
             match made {
                 Ok(exc) => PyErr::from_value(exc),

@@ -83,29 +83,47 @@ fn outcome_tuple<'py>(py: Python<'py>, o: &RouteOutcome) -> PyResult<Bound<'py, 
 }
 
 fn outcomes_list<'py>(py: Python<'py>, v: &[RouteOutcome]) -> PyResult<Bound<'py, PyList>> {
-    let items = v.iter().map(|o| outcome_tuple(py, o)).collect::<PyResult<Vec<_>>>()?;
+    let items = v
+        .iter()
+        .map(|o| outcome_tuple(py, o))
+        .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, items)
 }
 
 #[pymethods]
 impl Router {
     #[new]
-    fn new(py: Python<'_>, routes: Vec<(PyBackedStr, PyBackedStr, Option<PyBackedStr>)>, gateway_id: &str) -> CoreResult<Self> {
-        let specs: Vec<RouteSpec> =
-            routes.iter().map(|(f, t, k)| RouteSpec::new(f, t, k.as_deref())).collect();
+    fn new(
+        py: Python<'_>,
+        routes: Vec<(PyBackedStr, PyBackedStr, Option<PyBackedStr>)>,
+        gateway_id: &str,
+    ) -> CoreResult<Self> {
+        let specs: Vec<RouteSpec> = routes
+            .iter()
+            .map(|(f, t, k)| RouteSpec::new(f, t, k.as_deref()))
+            .collect();
         let gateway_id = gateway_id.to_owned();
         let inner = py.detach(move || router::Router::new(&specs, &gateway_id))?;
         Ok(Router { inner })
     }
 
     /// Every matching route in route-index order: (route_index, kafka_topic, key, error).
-    fn route<'py>(&self, py: Python<'py>, topic: &str, payload: &[u8]) -> CoreResult<Bound<'py, PyList>> {
+    fn route<'py>(
+        &self,
+        py: Python<'py>,
+        topic: &str,
+        payload: &[u8],
+    ) -> CoreResult<Bound<'py, PyList>> {
         let out = self.inner.route(topic, payload);
         Ok(outcomes_list(py, &out)?)
     }
 
     /// `route` for a batch of (topic, payload), with the GIL released for the work.
-    fn route_many<'py>(&self, py: Python<'py>, messages: Vec<(PyBackedStr, PyBackedBytes)>) -> CoreResult<Bound<'py, PyList>> {
+    fn route_many<'py>(
+        &self,
+        py: Python<'py>,
+        messages: Vec<(PyBackedStr, PyBackedBytes)>,
+    ) -> CoreResult<Bound<'py, PyList>> {
         let inner = &self.inner;
         let results: Vec<Vec<RouteOutcome>> = py.detach(|| {
             let mut scratch = router::Scratch::new();
@@ -118,7 +136,10 @@ impl Router {
                 })
                 .collect()
         });
-        let lists = results.iter().map(|v| outcomes_list(py, v)).collect::<PyResult<Vec<_>>>()?;
+        let lists = results
+            .iter()
+            .map(|v| outcomes_list(py, v))
+            .collect::<PyResult<Vec<_>>>()?;
         Ok(PyList::new(py, lists)?)
     }
 

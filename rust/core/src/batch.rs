@@ -127,7 +127,11 @@ impl Record<'_> {
             + self.kafka_key.map_or(0, |k| 4 + k.len())
             + self.mqtt_topic.len()
             + self.payload.len()
-            + self.user_properties.iter().map(|(n, v)| 4 + n.len() + v.len()).sum::<usize>()
+            + self
+                .user_properties
+                .iter()
+                .map(|(n, v)| 4 + n.len() + v.len())
+                .sum::<usize>()
     }
 }
 
@@ -150,15 +154,22 @@ fn invalid(msg: String) -> Error {
 }
 
 /// Encode `records` into one batch.
-pub fn encode_batch(records: &[Record<'_>], boot_id: &[u8; 16], compression: Compression) -> Result<Vec<u8>> {
-    let count = u32::try_from(records.len()).map_err(|_| invalid(format!("{} records in one batch", records.len())))?;
+pub fn encode_batch(
+    records: &[Record<'_>],
+    boot_id: &[u8; 16],
+    compression: Compression,
+) -> Result<Vec<u8>> {
+    let count = u32::try_from(records.len())
+        .map_err(|_| invalid(format!("{} records in one batch", records.len())))?;
     let mut raw_len = 0usize;
     for (i, r) in records.iter().enumerate() {
         check_record(i, r)?;
         raw_len += r.encoded_len();
     }
     if raw_len > MAX_BODY_LEN {
-        return Err(invalid(format!("batch body would be {raw_len} bytes; the limit is {MAX_BODY_LEN}")));
+        return Err(invalid(format!(
+            "batch body would be {raw_len} bytes; the limit is {MAX_BODY_LEN}"
+        )));
     }
     let mut out = Vec::with_capacity(HEADER_LEN + raw_len);
     out.resize(HEADER_LEN, 0);
@@ -205,10 +216,15 @@ pub fn encode_batch(records: &[Record<'_>], boot_id: &[u8; 16], compression: Com
 
 fn check_record(i: usize, r: &Record<'_>) -> Result<()> {
     let too_long = |what: &str, len: usize, max: usize| {
-        Err(invalid(format!("record {i}: {what} is {len} bytes; the format allows at most {max}")))
+        Err(invalid(format!(
+            "record {i}: {what} is {len} bytes; the format allows at most {max}"
+        )))
     };
     if r.qos > 2 {
-        return Err(invalid(format!("record {i}: qos {} is not 0, 1 or 2", r.qos)));
+        return Err(invalid(format!(
+            "record {i}: qos {} is not 0, 1 or 2",
+            r.qos
+        )));
     }
     if r.kafka_topic.len() > u16::MAX as usize {
         return too_long("kafka_topic", r.kafka_topic.len(), u16::MAX as usize);
@@ -225,7 +241,10 @@ fn check_record(i: usize, r: &Record<'_>) -> Result<()> {
         return too_long("payload", r.payload.len(), u32::MAX as usize);
     }
     if r.user_properties.len() > u16::MAX as usize {
-        return Err(invalid(format!("record {i}: {} user properties; at most 65535", r.user_properties.len())));
+        return Err(invalid(format!(
+            "record {i}: {} user properties; at most 65535",
+            r.user_properties.len()
+        )));
     }
     for (n, v) in &r.user_properties {
         if n.len() > u16::MAX as usize || v.len() > u16::MAX as usize {
@@ -285,7 +304,10 @@ fn read_raw_header(data: &[u8]) -> Result<Header> {
     if data.len() < HEADER_LEN {
         return Err(Error::corrupt(
             data.len(),
-            format!("truncated: {} bytes, the header alone is {HEADER_LEN}", data.len()),
+            format!(
+                "truncated: {} bytes, the header alone is {HEADER_LEN}",
+                data.len()
+            ),
             None,
         ));
     }
@@ -331,10 +353,18 @@ pub fn read_header(data: &[u8]) -> Result<Header> {
     }
     let flags = data[OFF_FLAGS];
     if flags & !FLAG_COMPRESSION_MASK != 0 || flags & FLAG_COMPRESSION_MASK == 3 {
-        return Err(Error::corrupt(OFF_FLAGS, format!("unknown flags {flags:#04x}"), count));
+        return Err(Error::corrupt(
+            OFF_FLAGS,
+            format!("unknown flags {flags:#04x}"),
+            count,
+        ));
     }
     if data[OFF_RESERVED..OFF_COUNT] != [0, 0] {
-        return Err(Error::corrupt(OFF_RESERVED, "reserved header bytes are not zero", count));
+        return Err(Error::corrupt(
+            OFF_RESERVED,
+            "reserved header bytes are not zero",
+            count,
+        ));
     }
     let body_len = hd.body_len as usize;
     let raw_len = hd.raw_len as usize;
@@ -343,7 +373,11 @@ pub fn read_header(data: &[u8]) -> Result<Header> {
             data.len().min(HEADER_LEN + body_len),
             format!(
                 "{} ({} bytes, the header says {})",
-                if data.len() - HEADER_LEN < body_len { "truncated" } else { "trailing bytes" },
+                if data.len() - HEADER_LEN < body_len {
+                    "truncated"
+                } else {
+                    "trailing bytes"
+                },
                 data.len(),
                 HEADER_LEN + body_len
             ),
@@ -351,7 +385,11 @@ pub fn read_header(data: &[u8]) -> Result<Header> {
         ));
     }
     if raw_len > MAX_BODY_LEN {
-        return Err(Error::corrupt(OFF_RAW_LEN, format!("body length {raw_len} exceeds {MAX_BODY_LEN}"), count));
+        return Err(Error::corrupt(
+            OFF_RAW_LEN,
+            format!("body length {raw_len} exceeds {MAX_BODY_LEN}"),
+            count,
+        ));
     }
     let consistent = match hd.compression {
         Compression::None => raw_len == body_len,
@@ -362,14 +400,20 @@ pub fn read_header(data: &[u8]) -> Result<Header> {
     if !consistent {
         return Err(Error::corrupt(
             OFF_RAW_LEN,
-            format!("decompressed length {raw_len} impossible for a {} body of {body_len} bytes", hd.compression.name()),
+            format!(
+                "decompressed length {raw_len} impossible for a {} body of {body_len} bytes",
+                hd.compression.name()
+            ),
             count,
         ));
     }
     if (hd.record_count as usize).saturating_mul(MIN_RECORD_LEN) > raw_len {
         return Err(Error::corrupt(
             OFF_COUNT,
-            format!("{} records cannot fit in a body of {raw_len} bytes", hd.record_count),
+            format!(
+                "{} records cannot fit in a body of {raw_len} bytes",
+                hd.record_count
+            ),
             count,
         ));
     }
@@ -397,7 +441,10 @@ pub fn open_batch(data: &[u8]) -> Result<Batch<'_>> {
     if crc != header.body_crc {
         return Err(Error::corrupt(
             HEADER_LEN,
-            format!("body CRC32C mismatch (stored {:#010x}, computed {crc:#010x})", header.body_crc),
+            format!(
+                "body CRC32C mismatch (stored {:#010x}, computed {crc:#010x})",
+                header.body_crc
+            ),
             count,
         ));
     }
@@ -415,7 +462,13 @@ pub fn open_batch(data: &[u8]) -> Result<Batch<'_>> {
                         count,
                     ))
                 }
-                Err(e) => return Err(Error::corrupt(HEADER_LEN, format!("lz4 body does not decompress: {e}"), count)),
+                Err(e) => {
+                    return Err(Error::corrupt(
+                        HEADER_LEN,
+                        format!("lz4 body does not decompress: {e}"),
+                        count,
+                    ))
+                }
             }
         }
         Compression::Zstd(_) => {
@@ -429,11 +482,21 @@ pub fn open_batch(data: &[u8]) -> Result<Batch<'_>> {
                 Ok(_) => {
                     return Err(Error::corrupt(
                         HEADER_LEN,
-                        format!("zstd body decompressed to {}{} bytes, the header says {raw_len}", out.len(), if out.len() > raw_len { "+" } else { "" }),
+                        format!(
+                            "zstd body decompressed to {}{} bytes, the header says {raw_len}",
+                            out.len(),
+                            if out.len() > raw_len { "+" } else { "" }
+                        ),
                         count,
                     ))
                 }
-                Err(e) => return Err(Error::corrupt(HEADER_LEN, format!("zstd body does not decompress: {e}"), count)),
+                Err(e) => {
+                    return Err(Error::corrupt(
+                        HEADER_LEN,
+                        format!("zstd body does not decompress: {e}"),
+                        count,
+                    ))
+                }
             }
         }
     };
@@ -451,7 +514,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err(&self, at: usize, what: String) -> Error {
-        let where_ = if self.compressed { " (offset into the decompressed body)" } else { "" };
+        let where_ = if self.compressed {
+            " (offset into the decompressed body)"
+        } else {
+            ""
+        };
         Error::corrupt(self.base + at, format!("{what}{where_}"), self.count)
     }
 
@@ -460,7 +527,10 @@ impl<'a> Reader<'a> {
         if self.buf.len() - self.pos < n {
             return Err(self.err(
                 self.pos,
-                format!("{what} needs {n} bytes, only {} are left", self.buf.len() - self.pos),
+                format!(
+                    "{what} needs {n} bytes, only {} are left",
+                    self.buf.len() - self.pos
+                ),
             ));
         }
         let s = &self.buf[self.pos..self.pos + n];
@@ -470,21 +540,28 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn u16(&mut self, what: &str) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2")))
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2"),
+        ))
     }
     #[inline]
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4"),
+        ))
     }
     #[inline]
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8"),
+        ))
     }
     #[inline]
     fn str(&mut self, n: usize, what: &str) -> Result<&'a str> {
         let at = self.pos;
         let b = self.take(n, what)?;
-        std::str::from_utf8(b).map_err(|e| self.err(at + e.valid_up_to(), format!("{what} is not valid UTF-8")))
+        std::str::from_utf8(b)
+            .map_err(|e| self.err(at + e.valid_up_to(), format!("{what} is not valid UTF-8")))
     }
 }
 
@@ -524,7 +601,10 @@ impl<'a> Batch<'a> {
             let flags_at = r.pos;
             let flags = r.take(1, "flags")?[0];
             if flags & REC_RESERVED != 0 {
-                return Err(r.err(flags_at, format!("record flags {flags:#04x} has reserved bits set")));
+                return Err(r.err(
+                    flags_at,
+                    format!("record flags {flags:#04x} has reserved bits set"),
+                ));
             }
             let qos = (flags & REC_QOS_MASK) >> REC_QOS_SHIFT;
             if qos > 2 {
@@ -571,7 +651,11 @@ impl<'a> Batch<'a> {
         if r.pos != r.buf.len() {
             return Err(r.err(
                 r.pos,
-                format!("{} bytes after the last of {} records", r.buf.len() - r.pos, self.header.record_count),
+                format!(
+                    "{} bytes after the last of {} records",
+                    r.buf.len() - r.pos,
+                    self.header.record_count
+                ),
             ));
         }
         Ok(out)
@@ -616,7 +700,11 @@ impl From<&Record<'_>> for OwnedRecord {
             kafka_key: r.kafka_key.map(<[u8]>::to_vec),
             mqtt_topic: r.mqtt_topic.to_owned(),
             payload: r.payload.to_vec(),
-            user_properties: r.user_properties.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect(),
+            user_properties: r
+                .user_properties
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect(),
         }
     }
 }
@@ -636,7 +724,11 @@ impl OwnedRecord {
             kafka_key: self.kafka_key.as_deref(),
             mqtt_topic: &self.mqtt_topic,
             payload: &self.payload,
-            user_properties: self.user_properties.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect(),
+            user_properties: self
+                .user_properties
+                .iter()
+                .map(|(a, b)| (a.as_str(), b.as_str()))
+                .collect(),
         }
     }
 }
@@ -655,7 +747,11 @@ mod tests {
             retain: seq % 5 == 0,
             route: 3,
             kafka_topic: "telemetry".into(),
-            kafka_key: if seq % 2 == 0 { Some(b"v1".to_vec()) } else { None },
+            kafka_key: if seq % 2 == 0 {
+                Some(b"v1".to_vec())
+            } else {
+                None
+            },
             mqtt_topic: "vehicles/v1/telemetry".into(),
             payload: payload.to_vec(),
             user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
@@ -695,24 +791,43 @@ mod tests {
         let last = b.len() - 1;
         b[last] ^= 1;
         match decode_batch_owned(&b) {
-            Err(Error::CorruptBatch { offset: HEADER_LEN, record_count: Some(3), .. }) => {}
+            Err(Error::CorruptBatch {
+                offset: HEADER_LEN,
+                record_count: Some(3),
+                ..
+            }) => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(batch_record_count(&b).unwrap(), 3);
         // header damage: count unknown
         let mut b = good.clone();
         b[OFF_COUNT] ^= 1;
-        assert!(matches!(decode_batch_owned(&b), Err(Error::CorruptBatch { record_count: None, .. })));
+        assert!(matches!(
+            decode_batch_owned(&b),
+            Err(Error::CorruptBatch {
+                record_count: None,
+                ..
+            })
+        ));
         assert!(batch_record_count(&b).is_err());
         // truncation
         for n in [0, 3, 10, HEADER_LEN, good.len() - 1] {
-            assert!(matches!(decode_batch_owned(&good[..n]), Err(Error::CorruptBatch { .. })), "{n}");
+            assert!(
+                matches!(
+                    decode_batch_owned(&good[..n]),
+                    Err(Error::CorruptBatch { .. })
+                ),
+                "{n}"
+            );
         }
         // every single bit flip is detected
         for i in 0..good.len() * 8 {
             let mut b = good.clone();
             b[i / 8] ^= 1 << (i % 8);
-            assert!(decode_batch_owned(&b).is_err(), "flip of bit {i} went unnoticed");
+            assert!(
+                decode_batch_owned(&b).is_err(),
+                "flip of bit {i} went unnoticed"
+            );
         }
     }
 
@@ -722,7 +837,10 @@ mod tests {
         b[OFF_VERSION] = 2;
         let crc = crc32c::crc32c(&b[..OFF_HEADER_CRC]);
         b[OFF_HEADER_CRC..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(decode_batch_owned(&b), Err(Error::UnsupportedVersion { version: 2, .. })));
+        assert!(matches!(
+            decode_batch_owned(&b),
+            Err(Error::UnsupportedVersion { version: 2, .. })
+        ));
         assert_eq!(batch_record_count(&b).unwrap(), 1);
     }
 
@@ -732,6 +850,9 @@ mod tests {
         r.qos = 3;
         assert!(encode_batch(&[r.as_record()], &[0; 16], Compression::None).is_err());
         assert!(Compression::from_name("gzip").is_err());
-        assert_eq!(Compression::from_name("zstd:19").unwrap(), Compression::Zstd(19));
+        assert_eq!(
+            Compression::from_name("zstd:19").unwrap(),
+            Compression::Zstd(19)
+        );
     }
 }

@@ -152,7 +152,10 @@ fn same_space(a: &F, b: &F) -> bool {
 /// Compute the subscription cover of `filters` (see the module documentation).
 /// Every input must be a valid topic filter; the first invalid one is the error.
 pub fn disjoint_cover<S: AsRef<str>>(filters: &[S]) -> Result<Vec<String>> {
-    let parsed: Vec<F> = filters.iter().map(|f| F::parse(f.as_ref())).collect::<Result<_>>()?;
+    let parsed: Vec<F> = filters
+        .iter()
+        .map(|f| F::parse(f.as_ref()))
+        .collect::<Result<_>>()?;
     // 1. Drop duplicates and subsumed filters (keep the first of equal ones).
     let mut set: Vec<F> = Vec::with_capacity(parsed.len());
     for (i, f) in parsed.iter().enumerate() {
@@ -168,7 +171,10 @@ pub fn disjoint_cover<S: AsRef<str>>(filters: &[S]) -> Result<Vec<String>> {
         for i in 0..set.len() {
             for j in i + 1..set.len() {
                 if same_space(&set[i], &set[j]) && overlaps(&set[i].levels, &set[j].levels) {
-                    let g = F { group: set[i].group.clone(), levels: generalize(&set[i].levels, &set[j].levels) };
+                    let g = F {
+                        group: set[i].group.clone(),
+                        levels: generalize(&set[i].levels, &set[j].levels),
+                    };
                     // Remove everything g subsumes (i and j at least); g takes the place
                     // of the first filter it replaces, the others keep their order.
                     let old = std::mem::take(&mut set);
@@ -214,7 +220,10 @@ mod tests {
     fn examples() {
         assert_eq!(cover(&["a/b/+", "a/+/c"]), ["a/+/+"]);
         assert_eq!(cover(&["a/+/c", "a/b/+"]), ["a/+/+"]);
-        assert_eq!(cover(&["x/1", "a/#", "a/b", "x/1", "y"]), ["x/1", "a/#", "y"]);
+        assert_eq!(
+            cover(&["x/1", "a/#", "a/b", "x/1", "y"]),
+            ["x/1", "a/#", "y"]
+        );
         assert_eq!(cover(&["c", "b", "a"]), ["c", "b", "a"]);
         assert_eq!(cover(&["a", "a/#"]), ["a/#"]);
         assert_eq!(cover(&["a", "+/#"]), ["+/#"]);
@@ -223,17 +232,41 @@ mod tests {
         assert_eq!(cover(&["a/+/c", "+/b/#"]), ["+/+/#"]);
         assert_eq!(cover(&["a/b", "a/c", "a/+"]), ["a/+"]);
         // merging may cascade
-        assert_eq!(cover(&["a/b/+", "a/+/c", "a/x/y/z", "a/+/+/z"]), ["a/+/+", "a/+/+/z"]);
-        assert_eq!(cover(&["$share/g/a/+", "$share/g/a/b", "a/b"]), ["$share/g/a/+", "a/b"]);
+        assert_eq!(
+            cover(&["a/b/+", "a/+/c", "a/x/y/z", "a/+/+/z"]),
+            ["a/+/+", "a/+/+/z"]
+        );
+        assert_eq!(
+            cover(&["$share/g/a/+", "$share/g/a/b", "a/b"]),
+            ["$share/g/a/+", "a/b"]
+        );
     }
 
     #[test]
     fn predicates() {
-        assert!(overlaps(&F::parse("a/#").unwrap().levels, &F::parse("a").unwrap().levels));
-        assert!(!overlaps(&F::parse("a/+").unwrap().levels, &F::parse("a").unwrap().levels));
-        assert!(!overlaps(&F::parse("#").unwrap().levels, &F::parse("$a").unwrap().levels));
-        assert!(overlaps(&F::parse("#").unwrap().levels, &F::parse("+/x").unwrap().levels));
-        assert!(subsumes(&F::parse("a/#").unwrap().levels, &F::parse("a").unwrap().levels));
-        assert!(!subsumes(&F::parse("+/#").unwrap().levels, &F::parse("$a").unwrap().levels));
+        assert!(overlaps(
+            &F::parse("a/#").unwrap().levels,
+            &F::parse("a").unwrap().levels
+        ));
+        assert!(!overlaps(
+            &F::parse("a/+").unwrap().levels,
+            &F::parse("a").unwrap().levels
+        ));
+        assert!(!overlaps(
+            &F::parse("#").unwrap().levels,
+            &F::parse("$a").unwrap().levels
+        ));
+        assert!(overlaps(
+            &F::parse("#").unwrap().levels,
+            &F::parse("+/x").unwrap().levels
+        ));
+        assert!(subsumes(
+            &F::parse("a/#").unwrap().levels,
+            &F::parse("a").unwrap().levels
+        ));
+        assert!(!subsumes(
+            &F::parse("+/#").unwrap().levels,
+            &F::parse("$a").unwrap().levels
+        ));
     }
 }

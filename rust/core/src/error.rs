@@ -58,7 +58,11 @@ pub enum Error {
     /// A batch whose header is intact but written in a format version this build does
     /// not read (e.g. after a downgrade). Not damage: the batch may be read by a newer build.
     #[error("unsupported batch format version {version} (this build reads version {supported})")]
-    UnsupportedVersion { version: u8, supported: u8, record_count: u32 },
+    UnsupportedVersion {
+        version: u8,
+        supported: u8,
+        record_count: u32,
+    },
 
     /// An argument that cannot be encoded or used (e.g. a boot id that is not 16 bytes,
     /// QoS 3, an unknown compression name, a string longer than its length field).
@@ -98,10 +102,24 @@ impl Error {
         } else {
             input.to_owned()
         };
-        Error::Topic { kind, input, reason: reason.into(), level, offset }
+        Error::Topic {
+            kind,
+            input,
+            reason: reason.into(),
+            level,
+            offset,
+        }
     }
 
-    pub(crate) fn corrupt(offset: usize, reason: impl Into<String>, record_count: Option<u32>) -> Self {
-        Error::CorruptBatch { offset, reason: reason.into(), record_count }
+    pub(crate) fn corrupt(
+        offset: usize,
+        reason: impl Into<String>,
+        record_count: Option<u32>,
+    ) -> Self {
+        Error::CorruptBatch {
+            offset,
+            reason: reason.into(),
+            record_count,
+        }
     }
 }

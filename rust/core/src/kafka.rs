@@ -15,7 +15,9 @@ pub fn validate_kafka_topic(name: &str) -> Result<(), String> {
         return Err("rendered Kafka topic is empty".to_owned());
     }
     if name == "." || name == ".." {
-        return Err(format!("rendered Kafka topic {name:?} is not allowed ('.' and '..' are reserved)"));
+        return Err(format!(
+            "rendered Kafka topic {name:?} is not allowed ('.' and '..' are reserved)"
+        ));
     }
     if name.len() > MAX_KAFKA_TOPIC_LEN {
         return Err(format!(

@@ -21,7 +21,8 @@ pub mod template;
 pub mod topic;
 
 pub use batch::{
-    batch_record_count, encode_batch, open_batch, Batch, Compression, Header, OwnedRecord, Record, FORMAT_VERSION,
+    batch_record_count, encode_batch, open_batch, Batch, Compression, Header, OwnedRecord, Record,
+    FORMAT_VERSION,
 };
 pub use cover::disjoint_cover;
 pub use error::{Error, Result, TopicKind};

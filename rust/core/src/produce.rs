@@ -14,7 +14,7 @@ pub const H_CLOCK: &str = "edgefwd.clock";
 pub const H_USER_PREFIX: &str = "mqtt.user.";
 
 /// A header name: one of the fixed names, or `mqtt.user.<name>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HeaderName<'a> {
     Fixed(&'static str),
     /// The user property's name, without the `mqtt.user.` prefix.
@@ -41,22 +41,37 @@ pub fn for_each_header<'a>(
     epoch: &'a str,
     mut f: impl FnMut(HeaderName<'a>, HeaderValue<'a>),
 ) {
-    f(HeaderName::Fixed(H_MQTT_TOPIC), HeaderValue::Borrowed(rec.mqtt_topic.as_bytes()));
+    f(
+        HeaderName::Fixed(H_MQTT_TOPIC),
+        HeaderValue::Borrowed(rec.mqtt_topic.as_bytes()),
+    );
     let qos: &'static [u8] = match rec.qos {
         0 => b"0",
         1 => b"1",
         _ => b"2",
     };
     f(HeaderName::Fixed(H_MQTT_QOS), HeaderValue::Fixed(qos));
-    f(HeaderName::Fixed(H_MQTT_RETAIN), HeaderValue::Fixed(if rec.retain { b"true" } else { b"false" }));
-    f(HeaderName::Fixed(H_GATEWAY), HeaderValue::Borrowed(gateway_id.as_bytes()));
-    f(HeaderName::Fixed(H_EPOCH), HeaderValue::Borrowed(epoch.as_bytes()));
+    f(
+        HeaderName::Fixed(H_MQTT_RETAIN),
+        HeaderValue::Fixed(if rec.retain { b"true" } else { b"false" }),
+    );
+    f(
+        HeaderName::Fixed(H_GATEWAY),
+        HeaderValue::Borrowed(gateway_id.as_bytes()),
+    );
+    f(
+        HeaderName::Fixed(H_EPOCH),
+        HeaderValue::Borrowed(epoch.as_bytes()),
+    );
     f(HeaderName::Fixed(H_SEQ), HeaderValue::Seq(rec.seq));
     if !rec.clock_synced {
         f(HeaderName::Fixed(H_CLOCK), HeaderValue::Fixed(b"unsynced"));
     }
     for &(name, value) in &rec.user_properties {
-        f(HeaderName::User(name), HeaderValue::Borrowed(value.as_bytes()));
+        f(
+            HeaderName::User(name),
+            HeaderValue::Borrowed(value.as_bytes()),
+        );
     }
 }
 
@@ -102,8 +117,15 @@ mod tests {
         assert_eq!(
             names,
             [
-                "mqtt.topic", "mqtt.qos", "mqtt.retain", "edgefwd.gateway", "edgefwd.epoch", "edgefwd.seq",
-                "edgefwd.clock", "mqtt.user.x", "mqtt.user.y"
+                "mqtt.topic",
+                "mqtt.qos",
+                "mqtt.retain",
+                "edgefwd.gateway",
+                "edgefwd.epoch",
+                "edgefwd.seq",
+                "edgefwd.clock",
+                "mqtt.user.x",
+                "mqtt.user.y"
             ]
         );
         assert_eq!(h[1].1, b"1");
@@ -111,7 +133,11 @@ mod tests {
         assert_eq!(h[5].1, b"17");
         assert_eq!(h[6].1, b"unsynced");
         assert_eq!(h[8].1, "é".as_bytes());
-        let synced = Record { clock_synced: true, user_properties: vec![], ..rec };
+        let synced = Record {
+            clock_synced: true,
+            user_properties: vec![],
+            ..rec
+        };
         assert_eq!(headers(&synced, "gw", "ep").len(), 6);
     }
 }

@@ -101,7 +101,10 @@ impl Router {
                 routes.len()
             )));
         }
-        let mut router = Router { nodes: vec![Node::default()], routes: Vec::with_capacity(routes.len()) };
+        let mut router = Router {
+            nodes: vec![Node::default()],
+            routes: Vec::with_capacity(routes.len()),
+        };
         for (idx, spec) in routes.iter().enumerate() {
             let filter = Filter::parse(&spec.mqtt_filter)?;
             let mut wildcards = Vec::new();
@@ -153,14 +156,21 @@ impl Router {
                 template: template.to_owned(),
                 reason,
             };
-            let topic = Template::parse(&spec.kafka_topic, &scope).map_err(|r| terr("kafka_topic", &spec.kafka_topic, r))?;
+            let topic = Template::parse(&spec.kafka_topic, &scope)
+                .map_err(|r| terr("kafka_topic", &spec.kafka_topic, r))?;
             check_topic_template(&topic).map_err(|r| terr("kafka_topic", &spec.kafka_topic, r))?;
             let key = match &spec.kafka_key {
                 Some(k) => Some(Template::parse(k, &scope).map_err(|r| terr("kafka_key", k, r))?),
                 None => None,
             };
-            let uses_payload = topic.uses_payload() || key.as_ref().is_some_and(Template::uses_payload);
-            router.routes.push(Route { wildcards, topic, key, uses_payload });
+            let uses_payload =
+                topic.uses_payload() || key.as_ref().is_some_and(Template::uses_payload);
+            router.routes.push(Route {
+                wildcards,
+                topic,
+                key,
+                uses_payload,
+            });
         }
         for n in &mut router.nodes {
             n.children.shrink_to_fit();
@@ -186,7 +196,12 @@ impl Router {
     /// Indices of every route whose filter matches `topic`, ascending, in `scratch.matched`.
     /// `topic` is taken as delivered by the broker (not re-validated).
     pub fn match_into<'s>(&self, topic: &str, scratch: &'s mut Scratch) -> &'s [u16] {
-        let Scratch { levels, stack, matched, .. } = scratch;
+        let Scratch {
+            levels,
+            stack,
+            matched,
+            ..
+        } = scratch;
         levels.clear();
         stack.clear();
         matched.clear();
@@ -239,10 +254,21 @@ impl Router {
     }
 
     /// [`Router::route`] appending to `out`, reusing `scratch`.
-    pub fn route_into(&self, topic: &str, payload: &[u8], scratch: &mut Scratch, out: &mut Vec<RouteOutcome>) {
+    pub fn route_into(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        scratch: &mut Scratch,
+        out: &mut Vec<RouteOutcome>,
+    ) {
         self.match_into(topic, scratch);
         let mut payload = Payload::new(payload);
-        let Scratch { levels, matched, captures, .. } = scratch;
+        let Scratch {
+            levels,
+            matched,
+            captures,
+            ..
+        } = scratch;
         for &r in matched.iter() {
             let route = &self.routes[r as usize];
             captures.clear();
@@ -257,7 +283,12 @@ impl Router {
                     captures.push(levels[lvl]);
                 }
             }
-            let mut ctx = Context { topic, captures, payload: &mut payload, key: None };
+            let mut ctx = Context {
+                topic,
+                captures,
+                payload: &mut payload,
+                key: None,
+            };
             let result = render_route(route, &mut ctx);
             out.push(RouteOutcome { route: r, result });
         }
@@ -269,27 +300,36 @@ impl Router {
     }
 }
 
-fn render_route(route: &Route, ctx: &mut Context<'_, '_>) -> std::result::Result<Destination, String> {
+fn render_route(
+    route: &Route,
+    ctx: &mut Context<'_, '_>,
+) -> std::result::Result<Destination, String> {
     let kafka_topic = route.topic.render(ctx)?;
     validate_kafka_topic(&kafka_topic)?;
     let kafka_key = match &route.key {
         Some(k) => Some(k.render(ctx)?),
         None => None,
     };
-    Ok(Destination { kafka_topic, kafka_key })
+    Ok(Destination {
+        kafka_topic,
+        kafka_key,
+    })
 }
 
 /// Refuse Kafka topic templates that can never render a valid name.
 fn check_topic_template(t: &Template) -> std::result::Result<(), String> {
     if let Some(lit) = t.as_literal() {
-        return validate_kafka_topic(lit).map_err(|r| r.replace("rendered Kafka topic", "Kafka topic"));
+        return validate_kafka_topic(lit)
+            .map_err(|r| r.replace("rendered Kafka topic", "Kafka topic"));
     }
     let mut lit_len = 0;
     for p in t.parts() {
         if let Part::Lit(s) = p {
             lit_len += s.len();
             if let Some(c) = s.chars().find(|&c| !is_kafka_topic_char(c)) {
-                return Err(format!("literal text {s:?} has {c:?}; Kafka topics allow only [a-zA-Z0-9._-]"));
+                return Err(format!(
+                    "literal text {s:?} has {c:?}; Kafka topics allow only [a-zA-Z0-9._-]"
+                ));
             }
         }
     }
@@ -304,7 +344,10 @@ mod tests {
     use super::*;
 
     fn router(routes: &[(&str, &str, Option<&str>)]) -> Router {
-        let specs: Vec<RouteSpec> = routes.iter().map(|(f, t, k)| RouteSpec::new(f, t, *k)).collect();
+        let specs: Vec<RouteSpec> = routes
+            .iter()
+            .map(|(f, t, k)| RouteSpec::new(f, t, *k))
+            .collect();
         Router::new(&specs, "gw").unwrap()
     }
 
@@ -326,7 +369,14 @@ mod tests {
         assert_eq!(got, [(0, "telemetry", Some("v7")), (2, "all.gw", None)]);
         let out = r.route("vehicles/v1/telemetry", b"");
         let got: Vec<_> = out.iter().map(ok).collect();
-        assert_eq!(got, [(0, "telemetry", Some("v1")), (2, "all.gw", None), (3, "v1-telemetry", None)]);
+        assert_eq!(
+            got,
+            [
+                (0, "telemetry", Some("v1")),
+                (2, "all.gw", None),
+                (3, "v1-telemetry", None)
+            ]
+        );
         let out = r.route("vehicles/v1", b"");
         let got: Vec<_> = out.iter().map(ok).collect();
         // '#' matched the parent: ${1} is empty, and an empty... still valid "v1-"
@@ -354,20 +404,40 @@ mod tests {
     fn construction_errors() {
         let specs = [RouteSpec::new("a/+", "t", Some("${2}"))];
         match Router::new(&specs, "gw") {
-            Err(Error::Template { route: 0, field: "kafka_key", .. }) => {}
+            Err(Error::Template {
+                route: 0,
+                field: "kafka_key",
+                ..
+            }) => {}
             other => panic!("{other:?}"),
         }
-        let specs = [RouteSpec::new("a", "ok", None), RouteSpec::new("a", "bad/topic.${topic}", None)];
-        assert!(matches!(Router::new(&specs, "gw"), Err(Error::Template { route: 1, .. })));
+        let specs = [
+            RouteSpec::new("a", "ok", None),
+            RouteSpec::new("a", "bad/topic.${topic}", None),
+        ];
+        assert!(matches!(
+            Router::new(&specs, "gw"),
+            Err(Error::Template { route: 1, .. })
+        ));
         let specs = [RouteSpec::new("a", "..", None)];
-        assert!(matches!(Router::new(&specs, "gw"), Err(Error::Template { route: 0, .. })));
+        assert!(matches!(
+            Router::new(&specs, "gw"),
+            Err(Error::Template { route: 0, .. })
+        ));
         let specs = [RouteSpec::new("a/#/b", "x", None)];
-        assert!(matches!(Router::new(&specs, "gw"), Err(Error::Topic { .. })));
+        assert!(matches!(
+            Router::new(&specs, "gw"),
+            Err(Error::Topic { .. })
+        ));
     }
 
     #[test]
     fn shared_and_dollar() {
-        let r = router(&[("$share/g/a/+", "t", None), ("+/x", "u", None), ("$SYS/+", "s", Some("${1}"))]);
+        let r = router(&[
+            ("$share/g/a/+", "t", None),
+            ("+/x", "u", None),
+            ("$SYS/+", "s", Some("${1}")),
+        ]);
         assert_eq!(r.route("a/b", b"").len(), 1);
         assert!(r.route("$a/x", b"").is_empty());
         assert_eq!(ok(&r.route("$SYS/load", b"")[0]), (2, "s", Some("load")));

@@ -125,7 +125,10 @@ impl Template {
         if !lit.is_empty() {
             parts.push(Part::Lit(lit));
         }
-        Ok(Template { source: source.to_owned(), parts })
+        Ok(Template {
+            source: source.to_owned(),
+            parts,
+        })
     }
 
     fn placeholder(name: &str, at: usize, scope: &Scope<'_>) -> Result<Part, String> {
@@ -133,12 +136,16 @@ impl Template {
             "topic" if scope.allow_topic => Ok(Part::Topic),
             "gateway_id" => Ok(Part::Lit(scope.gateway_id.to_owned())),
             "key" if scope.allow_key => Ok(Part::Key),
-            "key" => Err(format!("${{key}} at byte {at} is only available in downlink templates")),
+            "key" => Err(format!(
+                "${{key}} at byte {at} is only available in downlink templates"
+            )),
             "topic" => Err(format!("${{topic}} at byte {at} is not available here")),
             _ if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) => {
                 let n: usize = name.parse().unwrap_or(usize::MAX);
                 if n == 0 {
-                    return Err(format!("${{0}} at byte {at}: wildcards are numbered from ${{1}}"));
+                    return Err(format!(
+                        "${{0}} at byte {at}: wildcards are numbered from ${{1}}"
+                    ));
                 }
                 if n > scope.wildcards {
                     return Err(format!(
@@ -152,15 +159,21 @@ impl Template {
             _ => {
                 if let Some(path) = name.strip_prefix("payload.") {
                     if !scope.allow_payload {
-                        return Err(format!("${{{name}}} at byte {at}: no payload is available here"));
+                        return Err(format!(
+                            "${{{name}}} at byte {at}: no payload is available here"
+                        ));
                     }
                     let comps: Vec<String> = path.split('.').map(str::to_owned).collect();
                     if comps.iter().any(String::is_empty) {
-                        return Err(format!("${{{name}}} at byte {at}: empty field name in the payload path"));
+                        return Err(format!(
+                            "${{{name}}} at byte {at}: empty field name in the payload path"
+                        ));
                     }
                     Ok(Part::Payload(comps))
                 } else if name == "payload" {
-                    Err(format!("${{payload}} at byte {at} needs a field: ${{payload.<field>}}"))
+                    Err(format!(
+                        "${{payload}} at byte {at} needs a field: ${{payload.<field>}}"
+                    ))
                 } else {
                     Err(format!(
                         "unknown placeholder ${{{name}}} at byte {at} (known: topic, 1, 2, ..., gateway_id, payload.<field>{}; write $${{ for a literal '${{')",
@@ -204,7 +217,11 @@ impl Template {
                 Part::Wildcard(n) => {
                     // Compile-time checked against the filter; a missing span means the
                     // caller passed captures of another filter.
-                    let (a, b) = ctx.captures.get(*n).copied().ok_or_else(|| format!("no match for ${{{}}}", n + 1))?;
+                    let (a, b) = ctx
+                        .captures
+                        .get(*n)
+                        .copied()
+                        .ok_or_else(|| format!("no match for ${{{}}}", n + 1))?;
                     out.push_str(&ctx.topic[a..b]);
                 }
                 Part::Key => out.push_str(ctx.key.ok_or("no key (record has no Kafka key)")?),
@@ -237,11 +254,16 @@ fn render_field(root: &Value, path: &[String], out: &mut String) -> Result<(), S
             Some(n) => n,
             None => {
                 let at = path[..=i].join(".");
-                return Err(if i == 0 && !matches!(root, Value::Object(_) | Value::Array(_)) {
-                    format!("payload field '{}' is missing: the payload is not a JSON object", path.join("."))
-                } else {
-                    format!("payload field '{at}' is missing")
-                });
+                return Err(
+                    if i == 0 && !matches!(root, Value::Object(_) | Value::Array(_)) {
+                        format!(
+                            "payload field '{}' is missing: the payload is not a JSON object",
+                            path.join(".")
+                        )
+                    } else {
+                        format!("payload field '{at}' is missing")
+                    },
+                );
             }
         };
     }
@@ -252,8 +274,18 @@ fn render_field(root: &Value, path: &[String], out: &mut String) -> Result<(), S
         }
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Null => return Err(format!("payload field '{}' is null", path.join("."))),
-        Value::Object(_) => return Err(format!("payload field '{}' is an object, not a scalar", path.join("."))),
-        Value::Array(_) => return Err(format!("payload field '{}' is an array, not a scalar", path.join("."))),
+        Value::Object(_) => {
+            return Err(format!(
+                "payload field '{}' is an object, not a scalar",
+                path.join(".")
+            ))
+        }
+        Value::Array(_) => {
+            return Err(format!(
+                "payload field '{}' is an array, not a scalar",
+                path.join(".")
+            ))
+        }
     }
     Ok(())
 }
@@ -262,18 +294,43 @@ fn render_field(root: &Value, path: &[String], out: &mut String) -> Result<(), S
 mod tests {
     use super::*;
 
-    const SCOPE: Scope<'static> =
-        Scope { wildcards: 2, gateway_id: "gw-1", allow_topic: true, allow_payload: true, allow_key: false };
+    const SCOPE: Scope<'static> = Scope {
+        wildcards: 2,
+        gateway_id: "gw-1",
+        allow_topic: true,
+        allow_payload: true,
+        allow_key: false,
+    };
 
-    fn render(t: &str, topic: &str, caps: &[(usize, usize)], payload: &[u8]) -> Result<String, String> {
+    fn render(
+        t: &str,
+        topic: &str,
+        caps: &[(usize, usize)],
+        payload: &[u8],
+    ) -> Result<String, String> {
         let t = Template::parse(t, &SCOPE).unwrap();
         let mut p = Payload::new(payload);
-        t.render(&mut Context { topic, captures: caps, payload: &mut p, key: None })
+        t.render(&mut Context {
+            topic,
+            captures: caps,
+            payload: &mut p,
+            key: None,
+        })
     }
 
     #[test]
     fn parse_errors() {
-        for bad in ["${3}", "${0}", "${", "a${topic", "${foo}", "${payload}", "${payload.}", "${payload.a..b}", "${key}"] {
+        for bad in [
+            "${3}",
+            "${0}",
+            "${",
+            "a${topic",
+            "${foo}",
+            "${payload}",
+            "${payload.}",
+            "${payload.a..b}",
+            "${key}",
+        ] {
             assert!(Template::parse(bad, &SCOPE).is_err(), "{bad}");
         }
         let e = Template::parse("x-${3}", &SCOPE).unwrap_err();
@@ -282,8 +339,14 @@ mod tests {
 
     #[test]
     fn rendering() {
-        assert_eq!(render("t.${1}.${2}", "a/b/c", &[(2, 3), (4, 5)], b"").unwrap(), "t.b.c");
-        assert_eq!(render("${gateway_id}-${topic}", "a/b", &[], b"").unwrap(), "gw-1-a/b");
+        assert_eq!(
+            render("t.${1}.${2}", "a/b/c", &[(2, 3), (4, 5)], b"").unwrap(),
+            "t.b.c"
+        );
+        assert_eq!(
+            render("${gateway_id}-${topic}", "a/b", &[], b"").unwrap(),
+            "gw-1-a/b"
+        );
         assert_eq!(render("$${1}$x$", "a", &[], b"").unwrap(), "${1}$x$");
         // leftmost "$${" wins: "$$${1}" is "$" then a literal "${" then "1}"
         assert_eq!(render("$$${1}", "a", &[(0, 1)], b"").unwrap(), "$${1}");
@@ -292,10 +355,20 @@ mod tests {
         assert_eq!(render("${payload.a.n}", "t", &[], p).unwrap(), "12.5");
         assert_eq!(render("${payload.a.t}", "t", &[], p).unwrap(), "true");
         assert_eq!(render("${payload.a.arr.1}", "t", &[], p).unwrap(), "x");
-        assert!(render("${payload.a.o}", "t", &[], p).unwrap_err().contains("object"));
-        assert!(render("${payload.a.z}", "t", &[], p).unwrap_err().contains("null"));
-        assert!(render("${payload.a.q}", "t", &[], p).unwrap_err().contains("'a.q' is missing"));
-        assert!(render("${payload.a}", "t", &[], b"nope").unwrap_err().contains("not JSON"));
-        assert!(render("${payload.a}", "t", &[], b"[1]").unwrap_err().contains("missing"));
+        assert!(render("${payload.a.o}", "t", &[], p)
+            .unwrap_err()
+            .contains("object"));
+        assert!(render("${payload.a.z}", "t", &[], p)
+            .unwrap_err()
+            .contains("null"));
+        assert!(render("${payload.a.q}", "t", &[], p)
+            .unwrap_err()
+            .contains("'a.q' is missing"));
+        assert!(render("${payload.a}", "t", &[], b"nope")
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(render("${payload.a}", "t", &[], b"[1]")
+            .unwrap_err()
+            .contains("missing"));
     }
 }

@@ -87,7 +87,11 @@ impl<'a> Filter<'a> {
                 }
                 if let Some(i) = group.find(['+', '#', '\0']) {
                     let c = group.as_bytes()[i];
-                    let what = if c == 0 { "NUL".to_owned() } else { format!("'{}'", c as char) };
+                    let what = if c == 0 {
+                        "NUL".to_owned()
+                    } else {
+                        format!("'{}'", c as char)
+                    };
                     return Err(Error::topic(
                         TopicKind::Filter,
                         input,
@@ -112,7 +116,10 @@ impl<'a> Filter<'a> {
         };
         let base_level = if share_group.is_some() { 2 } else { 0 };
         check_filter_levels(input, filter, base, base_level)?;
-        Ok(Filter { share_group, filter })
+        Ok(Filter {
+            share_group,
+            filter,
+        })
     }
 
     /// The levels of the filter proper.
@@ -129,14 +136,26 @@ impl<'a> Filter<'a> {
 
 fn check_length(kind: TopicKind, input: &str) -> Result<()> {
     if input.is_empty() {
-        return Err(Error::topic(kind, input, "empty (must be 1 to 65535 bytes)", 0, 0));
-    }
-    if input.len() > MAX_TOPIC_LEN {
-        let level = input.as_bytes()[..MAX_TOPIC_LEN].iter().filter(|&&b| b == b'/').count();
         return Err(Error::topic(
             kind,
             input,
-            format!("{} bytes long, the limit is 65535 bytes of UTF-8", input.len()),
+            "empty (must be 1 to 65535 bytes)",
+            0,
+            0,
+        ));
+    }
+    if input.len() > MAX_TOPIC_LEN {
+        let level = input.as_bytes()[..MAX_TOPIC_LEN]
+            .iter()
+            .filter(|&&b| b == b'/')
+            .count();
+        return Err(Error::topic(
+            kind,
+            input,
+            format!(
+                "{} bytes long, the limit is 65535 bytes of UTF-8",
+                input.len()
+            ),
             level,
             MAX_TOPIC_LEN,
         ));
@@ -166,7 +185,10 @@ fn check_filter_levels(input: &str, filter: &str, base: usize, base_level: usize
                 ))
             }
             b'+' | b'#' => {
-                let level_end = bytes[i..].iter().position(|&c| c == b'/').map_or(bytes.len(), |p| i + p);
+                let level_end = bytes[i..]
+                    .iter()
+                    .position(|&c| c == b'/')
+                    .map_or(bytes.len(), |p| i + p);
                 if level_end - level_start != 1 {
                     return Err(Error::topic(
                         TopicKind::Filter,
@@ -265,14 +287,28 @@ mod tests {
 
     fn filter_err(t: &str) -> (usize, usize, String) {
         match validate_topic_filter(t) {
-            Err(Error::Topic { level, offset, reason, .. }) => (level, offset, reason),
+            Err(Error::Topic {
+                level,
+                offset,
+                reason,
+                ..
+            }) => (level, offset, reason),
             other => panic!("expected a topic error for {t:?}, got {other:?}"),
         }
     }
 
     #[test]
     fn names() {
-        for ok in ["a", "/", "//", "a/b/c", "$SYS/x", " ", "a b/ü/😀", "$share/g/x"] {
+        for ok in [
+            "a",
+            "/",
+            "//",
+            "a/b/c",
+            "$SYS/x",
+            " ",
+            "a b/ü/😀",
+            "$share/g/x",
+        ] {
             validate_topic_name(ok).unwrap();
         }
         assert_eq!(name_err(""), (0, 0));
@@ -288,20 +324,42 @@ mod tests {
     #[test]
     fn filters() {
         for ok in [
-            "#", "+", "a/#", "+/+", "/+", "+/", "a//b", "$SYS/#", "$share/g/a/+", "$share/g/#", "$share",
-            "$sharex/a", "$share/g//", "a/+/#",
+            "#",
+            "+",
+            "a/#",
+            "+/+",
+            "/+",
+            "+/",
+            "a//b",
+            "$SYS/#",
+            "$share/g/a/+",
+            "$share/g/#",
+            "$share",
+            "$sharex/a",
+            "$share/g//",
+            "a/+/#",
         ] {
             validate_topic_filter(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         assert_eq!(filter_err("a/b#").0, 1);
         assert_eq!(filter_err("a/b#").1, 3);
         assert_eq!(filter_err("#/a").2, "'#' must be the last level");
-        assert_eq!(filter_err("a+"), (0, 1, "'+' must occupy a whole level".into()));
+        assert_eq!(
+            filter_err("a+"),
+            (0, 1, "'+' must occupy a whole level".into())
+        );
         assert_eq!(filter_err("").1, 0);
         assert_eq!(filter_err("$share/").1, 7);
         assert_eq!(filter_err("$share/g").1, 8);
         assert_eq!(filter_err("$share//a").1, 7);
-        assert_eq!(filter_err("$share/g/"), (2, 9, "a shared subscription must be $share/<group>/<filter>: the filter is empty".into()));
+        assert_eq!(
+            filter_err("$share/g/"),
+            (
+                2,
+                9,
+                "a shared subscription must be $share/<group>/<filter>: the filter is empty".into()
+            )
+        );
         assert_eq!(filter_err("$share/g+/a").1, 8);
         assert_eq!(filter_err("$share/g/a+").1, 10);
         assert_eq!(filter_err("$share/g/a/b+").0, 3);
@@ -311,16 +369,38 @@ mod tests {
     #[test]
     fn matching() {
         let yes = [
-            ("#", "a"), ("#", "a/b"), ("#", "/"), ("a/#", "a"), ("a/#", "a/"), ("a/#", "a/b/c"),
-            ("+", "a"), ("+/+", "/"), ("/+", "/a"), ("+/#", "a"), ("a/+/c", "a/b/c"), ("a//b", "a//b"),
-            ("$SYS/#", "$SYS"), ("$SYS/+", "$SYS/x"), ("a/+", "a/"), ("$share/g/a/+", "a/b"),
+            ("#", "a"),
+            ("#", "a/b"),
+            ("#", "/"),
+            ("a/#", "a"),
+            ("a/#", "a/"),
+            ("a/#", "a/b/c"),
+            ("+", "a"),
+            ("+/+", "/"),
+            ("/+", "/a"),
+            ("+/#", "a"),
+            ("a/+/c", "a/b/c"),
+            ("a//b", "a//b"),
+            ("$SYS/#", "$SYS"),
+            ("$SYS/+", "$SYS/x"),
+            ("a/+", "a/"),
+            ("$share/g/a/+", "a/b"),
         ];
         for (f, t) in yes {
             assert!(topic_matches(f, t).unwrap(), "{f} should match {t}");
         }
         let no = [
-            ("#", "$SYS"), ("#", "$SYS/a"), ("+/a", "$x/a"), ("+", "$"), ("a/+", "a"), ("a", "a/"),
-            ("a/+/c", "a/b/c/d"), ("+", "/"), ("a/b", "a"), ("/#", "a"), ("$share/g/#", "$SYS/x"),
+            ("#", "$SYS"),
+            ("#", "$SYS/a"),
+            ("+/a", "$x/a"),
+            ("+", "$"),
+            ("a/+", "a"),
+            ("a", "a/"),
+            ("a/+/c", "a/b/c/d"),
+            ("+", "/"),
+            ("a/b", "a"),
+            ("/#", "a"),
+            ("$share/g/#", "$SYS/x"),
         ];
         for (f, t) in no {
             assert!(!topic_matches(f, t).unwrap(), "{f} should not match {t}");

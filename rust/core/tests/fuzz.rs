@@ -7,10 +7,13 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use edgefwd_core::batch::{
-    batch_record_count, decode_batch_owned, encode_batch, open_batch, Compression, OwnedRecord, Record, HEADER_LEN,
+    batch_record_count, decode_batch_owned, encode_batch, open_batch, Compression, OwnedRecord,
+    Record, HEADER_LEN,
 };
 use edgefwd_core::template::{Context, Payload, Scope, Template};
-use edgefwd_core::{disjoint_cover, validate_topic_filter, validate_topic_name, Error, RouteSpec, Router};
+use edgefwd_core::{
+    disjoint_cover, validate_topic_filter, validate_topic_name, Error, RouteSpec, Router,
+};
 use proptest::prelude::*;
 
 /// Tracks the largest single allocation made by the current thread while armed.
@@ -71,11 +74,18 @@ fn check_decode(data: &[u8]) -> Result<(), TestCaseError> {
         let _ = batch_record_count(data);
         r
     });
-    prop_assert!(largest <= bound(data.len()), "allocated {} bytes for a {}-byte input", largest, data.len());
+    prop_assert!(
+        largest <= bound(data.len()),
+        "allocated {} bytes for a {}-byte input",
+        largest,
+        data.len()
+    );
     if let Err(e) = res {
         match e {
             Error::CorruptBatch { offset, reason, .. } => {
-                prop_assert!(offset <= data.len().max(HEADER_LEN) || reason.contains("decompressed"));
+                prop_assert!(
+                    offset <= data.len().max(HEADER_LEN) || reason.contains("decompressed")
+                );
                 prop_assert!(!reason.is_empty());
             }
             Error::UnsupportedVersion { .. } => {}
@@ -223,9 +233,15 @@ proptest! {
 #[test]
 fn huge_claims_are_refused_without_allocating() {
     for flags in [0u8, 1, 2] {
-        for (count, raw) in [(u32::MAX, u32::MAX), (1, u32::MAX), (0, 256 << 20), (1_000_000, 100)] {
+        for (count, raw) in [
+            (u32::MAX, u32::MAX),
+            (1, u32::MAX),
+            (0, 256 << 20),
+            (1_000_000, 100),
+        ] {
             let data = forge(flags, count, raw, b"tiny body", 0);
-            let (res, largest) = largest_alloc(|| open_batch(&data).and_then(|b| b.records().map(|r| r.len())));
+            let (res, largest) =
+                largest_alloc(|| open_batch(&data).and_then(|b| b.records().map(|r| r.len())));
             assert!(res.is_err(), "flags {flags} count {count} raw {raw}");
             assert!(largest < 64 * 1024, "allocated {largest} bytes");
         }

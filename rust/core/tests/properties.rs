@@ -16,7 +16,9 @@ fn lit() -> impl Strategy<Value = String> {
 }
 
 fn topic() -> impl Strategy<Value = String> {
-    prop::collection::vec(lit(), 1..6).prop_map(|v| v.join("/")).prop_filter("non-empty", |t| !t.is_empty())
+    prop::collection::vec(lit(), 1..6)
+        .prop_map(|v| v.join("/"))
+        .prop_filter("non-empty", |t| !t.is_empty())
 }
 
 fn filter() -> impl Strategy<Value = String> {
@@ -167,11 +169,21 @@ fn witness(a: &str, b: &str) -> Option<String> {
     for i in 0..x.len().max(y.len()) {
         match (x.get(i).copied(), y.get(i).copied()) {
             (Some("#"), _) => {
-                out.extend(y[i.min(y.len())..].iter().filter(|l| **l != "#").map(|l| inst(l)));
+                out.extend(
+                    y[i.min(y.len())..]
+                        .iter()
+                        .filter(|l| **l != "#")
+                        .map(|l| inst(l)),
+                );
                 break;
             }
             (_, Some("#")) => {
-                out.extend(x[i.min(x.len())..].iter().filter(|l| **l != "#").map(|l| inst(l)));
+                out.extend(
+                    x[i.min(x.len())..]
+                        .iter()
+                        .filter(|l| **l != "#")
+                        .map(|l| inst(l)),
+                );
                 break;
             }
             (Some("+"), Some("+")) => out.push("w"),
@@ -257,31 +269,47 @@ proptest! {
 
 fn record() -> impl Strategy<Value = OwnedRecord> {
     (
-        (any::<u64>(), any::<i64>(), any::<u64>(), any::<bool>(), 0u8..=2, any::<bool>(), any::<u16>()),
+        (
+            any::<u64>(),
+            any::<i64>(),
+            any::<u64>(),
+            any::<bool>(),
+            0u8..=2,
+            any::<bool>(),
+            any::<u16>(),
+        ),
         ".{0,20}",
         prop::option::of(prop::collection::vec(any::<u8>(), 0..20)),
         ".{0,30}",
         prop::collection::vec(any::<u8>(), 0..300),
         prop::collection::vec((".{0,8}", ".{0,8}"), 0..4),
     )
-        .prop_map(|((seq, wall, mono, synced, qos, retain, route), kt, key, mt, payload, props)| OwnedRecord {
-            seq,
-            recv_wall_ms: wall,
-            recv_mono_ns: mono,
-            clock_synced: synced,
-            qos,
-            retain,
-            route,
-            kafka_topic: kt,
-            kafka_key: key,
-            mqtt_topic: mt,
-            payload,
-            user_properties: props,
-        })
+        .prop_map(
+            |((seq, wall, mono, synced, qos, retain, route), kt, key, mt, payload, props)| {
+                OwnedRecord {
+                    seq,
+                    recv_wall_ms: wall,
+                    recv_mono_ns: mono,
+                    clock_synced: synced,
+                    qos,
+                    retain,
+                    route,
+                    kafka_topic: kt,
+                    kafka_key: key,
+                    mqtt_topic: mt,
+                    payload,
+                    user_properties: props,
+                }
+            },
+        )
 }
 
 fn compression() -> impl Strategy<Value = Compression> {
-    prop_oneof![Just(Compression::None), Just(Compression::Lz4), (1i32..=9).prop_map(Compression::Zstd)]
+    prop_oneof![
+        Just(Compression::None),
+        Just(Compression::Lz4),
+        (1i32..=9).prop_map(Compression::Zstd)
+    ]
 }
 
 proptest! {
