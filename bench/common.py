@@ -446,3 +446,256 @@ class RssSampler:
 def wipe(path: Path) -> None:
     with contextlib.suppress(OSError):
         shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------- one run
+
+PRODUCER_PROPS = {
+    # The same producer settings edgefwd uses (python/edgefwd/kafka_props.py), so that the
+    # DIY bridge differs from edgefwd only by the disk queue and the ack discipline.
+    "acks": "all",
+    "enable.idempotence": True,
+    "partitioner": "murmur2_random",
+    "compression.type": "lz4",
+    "linger.ms": 5,
+}
+
+AGENT_VARIANTS = ("edgefwd", "edgefwd_threads", "edgefwd_ingest_only")
+
+
+class Bench:
+    """Runs one variant at a time against shared brokers and returns its raw figures."""
+
+    def __init__(self, brokers: Brokers, workdir: Path, n: int, size: int, devices: int, name: str,
+                 kafka_topic: str = "bench", timeout: float = 240.0):
+        self.b = brokers
+        self.workdir = Path(workdir)
+        self.n, self.size, self.devices = n, size, devices
+        self.name = name
+        self.kafka_topic = kafka_topic
+        self.timeout = timeout
+        self.max_bytes = 1 << 30
+
+    # ids --------------------------------------------------------------------------
+    def ids(self, variant: str, protocol: str, mode: str, rnd: int) -> tuple[str, str]:
+        gw = f"{self.name}-{variant}-{'v5' if protocol == '5' else 'v311'}-{mode}-r{rnd}"
+        client_id = f"edgefwd-{gw}" if variant in AGENT_VARIANTS else f"bench-{gw}"
+        return gw, client_id
+
+    def prime(self, variant: str, protocol: str, mode: str, rnd: int) -> None:
+        prime_session(self.b.mq.host, self.b.mq.port, self.ids(variant, protocol, mode, rnd)[1], protocol)
+
+    def publish(self, protocol: str) -> Role:
+        return Role("publish", {
+            "host": self.b.mq.host, "port": self.b.mq.port, "protocol": protocol, "n": self.n,
+            "size": self.size, "devices": self.devices, "client_id": f"bench-pub-{time.monotonic_ns()}",
+            "timeout": self.timeout,
+        }, self.workdir)
+
+    def agent_config(self, gw: str, protocol: str, rundir: Path) -> dict:
+        from edgefwd_dev.agent_runner import make_config
+
+        return make_config(
+            rundir, mqtt_port=self.b.mq.port, bootstrap=self.b.kafka.bootstrap if self.b.kafka else "127.0.0.1:9",
+            routes=[{"mqtt_filter": FILTER, "kafka_topic": self.kafka_topic, "kafka_key": "${1}"}],
+            gateway_id=gw, protocol=protocol, queue={"max_bytes": "1GiB"}, log_level="warning",
+        )
+
+    # one variant --------------------------------------------------------------------
+    def run(self, variant: str, protocol: str, mode: str, rnd: int) -> dict[str, Any]:
+        """mode "catchup": the broker already holds N messages for this variant's session.
+        mode "live": the publisher starts once the variant is connected."""
+        gw, client_id = self.ids(variant, protocol, mode, rnd)
+        rundir = self.workdir / gw
+        rundir.mkdir(parents=True, exist_ok=True)
+        if mode == "live":
+            prime_session(self.b.mq.host, self.b.mq.port, client_id, protocol)
+        try:
+            if variant in AGENT_VARIANTS:
+                out = self._run_edgefwd(variant, gw, protocol, mode, rundir)
+            else:
+                out = self._run_client(variant, client_id, protocol, mode, rundir)
+        finally:
+            wipe(rundir)
+        out.update(variant=variant, protocol=protocol, mode=mode, round=rnd, n=self.n)
+        return out
+
+    def _run_client(self, variant: str, client_id: str, protocol: str, mode: str, rundir: Path) -> dict:
+        args = {"host": self.b.mq.host, "port": self.b.mq.port, "protocol": protocol, "n": self.n,
+                "client_id": client_id, "filter": FILTER, "timeout": self.timeout}
+        if variant == "diy_bridge":
+            args.update(kafka_topic=self.kafka_topic, producer={"bootstrap.servers": self.b.kafka.bootstrap, **PRODUCER_PROPS})
+        role = Role("diy" if variant == "diy_bridge" else "bare", args, rundir)
+        rss = RssSampler()
+        rss.pids["process"] = role.pid
+        try:
+            role.wait("ready", 30)
+            pub = self.publish(protocol) if mode == "live" else None
+            deadline = time.monotonic() + self.timeout
+            while True:  # sample RSS while it runs
+                rss.tick()
+                if any(e.get("event") in ("done", "error", "exit") for e in role.events):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{variant} did not finish")
+                time.sleep(0.05)
+            done = role.wait("done", 5)
+            pub_done = pub.wait("done", self.timeout) if pub else None
+        finally:
+            role.join(10)
+        out: dict[str, Any] = {"rss_max_mb": {"process": round(rss.max.get("process", done["maxrss_mb"]), 1)}}
+        t0 = pub_done["t_start"] if pub_done else done["t_first"]
+        n_eff = self.n if pub_done else self.n - 1
+        out["e2e_s" if variant == "diy_bridge" else "ingest_s"] = done["t_last"] - t0
+        out["e2e_rate" if variant == "diy_bridge" else "ingest_rate"] = n_eff / (done["t_last"] - t0)
+        if pub_done:
+            out["publisher_rate"] = pub_done["rate"]
+        return out
+
+    def _run_edgefwd(self, variant: str, gw: str, protocol: str, mode: str, rundir: Path) -> dict:
+        from edgefwd_dev.agent_runner import AgentRunner
+
+        runner = AgentRunner(rundir, self.agent_config(gw, protocol, rundir))
+        watcher = QueueWatcher(runner.data_dir, self.max_bytes)
+        rss = RssSampler()
+        role = None
+        t_spawn = time.time()
+        if variant == "edgefwd":
+            runner.start()
+            main_pid = runner.pid
+        else:
+            role = Role("inproc", {"config": str(runner.config_path),
+                                   "drainer": "thread" if variant == "edgefwd_threads" else "none"}, rundir)
+            main_pid = role.pid
+        rss.pids["main"] = main_pid
+        try:
+            if mode == "live":
+                self._wait_ready(variant, runner, role)
+            pub = self.publish(protocol) if mode == "live" else None
+            want_fwd = 0 if variant == "edgefwd_ingest_only" else self.n
+            dpid: list[int | None] = [None]
+
+            def tick() -> None:
+                if variant == "edgefwd" and dpid[0] is None:
+                    dpid[0] = drainer_pid(main_pid)
+                    rss.pids["drainer"] = dpid[0]
+                rss.tick()
+
+            watcher.wait(self.n, want_fwd, self.timeout, on_tick=tick)
+            t_done = time.time()
+            io = {"main": proc_io(main_pid)}
+            if dpid[0]:
+                io["drainer"] = proc_io(dpid[0])
+            pub_done = pub.wait("done", self.timeout) if pub else None
+        finally:
+            if role is not None:
+                role.terminate()
+            elif runner.running():
+                runner.stop()
+            watcher.close()
+        r_first = watcher.first(1, 1)
+        t_recv = watcher.first(1, self.n)[0]
+        if pub_done:
+            t0, c0 = pub_done["t_start"], 0
+        else:
+            t0, c0 = r_first
+        out: dict[str, Any] = {
+            "ingest_s": t_recv - t0,
+            "ingest_rate": (self.n - c0) / (t_recv - t0),
+            "first_commit_after_start_s": round(r_first[0] - t_spawn, 3),
+        }
+        if want_fwd:
+            t_fwd = watcher.first(2, self.n)[0]
+            out["e2e_s"] = t_fwd - t0
+            out["e2e_rate"] = (self.n - c0) / (t_fwd - t0)
+        if pub_done:
+            out["publisher_rate"] = pub_done["rate"]
+        payload_bytes = self.n * self.size
+        wb = {k: v.get("write_bytes", 0) for k, v in io.items()}
+        out["write_bytes"] = wb
+        out["write_bytes_per_payload_byte"] = {k: round(v / payload_bytes, 4) for k, v in wb.items()}
+        out["write_bytes_per_payload_byte"]["total"] = round(sum(wb.values()) / payload_bytes, 4)
+        out["rss_max_mb"] = {k: round(v, 1) for k, v in rss.max.items()}
+        return out
+
+    def _wait_ready(self, variant: str, runner, role, timeout: float = 30.0) -> None:
+        if role is not None:
+            role.wait("ready", timeout)
+            return
+        status = runner.data_dir / "status.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                doc = json.loads(status.read_text())
+                if doc["mqtt"]["connected"]:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            if not runner.running():
+                raise RuntimeError(f"agent exited:\n{runner.log_tail()}")
+            time.sleep(0.02)
+        raise TimeoutError(f"agent not connected after {timeout}s:\n{runner.log_tail()}")
+
+
+def run_rounds(bench: Bench, doc: dict, variants: list[str], protocols: list[str], modes: list[str],
+               rounds: int) -> None:
+    """Every variant once per round, rounds interleaved; the order of variants rotates from
+    round to round so that none always runs first (or right after the publisher)."""
+    for rnd in range(1, rounds + 1):
+        for protocol in protocols:
+            for mode in modes:
+                order = variants[(rnd - 1) % len(variants):] + variants[: (rnd - 1) % len(variants)]
+                if mode == "catchup":
+                    for v in order:
+                        bench.prime(v, protocol, mode, rnd)
+                    pub = bench.publish(protocol)
+                    pub_done = pub.wait("done", bench.timeout)
+                    pub.join()
+                    log(f"round {rnd} MQTT {protocol} catchup: {bench.n} published for {len(order)} sessions "
+                        f"at {pub_done['rate']:.0f}/s")
+                for v in order:
+                    res = bench.run(v, protocol, mode, rnd)
+                    doc["runs"].append(res)
+                    log(f"round {rnd} MQTT {protocol} {mode:7s} {v:20s} "
+                        + " ".join(f"{k}={res[k]:.0f}" for k in ("ingest_rate", "e2e_rate") if k in res)
+                        + (f" wb/pb={res['write_bytes_per_payload_byte']}" if "write_bytes_per_payload_byte" in res else "")
+                        + f" rss={res.get('rss_max_mb')}")
+
+
+def aggregate(doc: dict, metrics: list[str]) -> None:
+    """results[protocol][mode][variant][metric] = summary over rounds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in doc["runs"]:
+        groups.setdefault((r["protocol"], r["mode"], r["variant"]), []).append(r)
+    for (protocol, mode, variant), runs in groups.items():
+        dst = doc["results"].setdefault(protocol, {}).setdefault(mode, {}).setdefault(variant, {})
+        for m in metrics:
+            vals = _metric_values(runs, m)
+            if vals:
+                dst[m] = summarize(vals)
+
+
+def _metric_values(runs: list[dict], metric: str) -> list[float]:
+    out = []
+    for r in sorted(runs, key=lambda r: r["round"]):
+        v: Any = r
+        for part in metric.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)):
+            out.append(v)
+    return out
+
+
+def add_ratio(doc: dict, name: str, metric_a: tuple[str, str], metric_b: tuple[str, str]) -> None:
+    """ratios[protocol][mode][name] from (variant, metric) pairs, per round and of medians."""
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in doc["runs"]:
+        groups.setdefault((r["protocol"], r["mode"]), {}).setdefault(r["variant"], []).append(r)
+    for (protocol, mode), by_variant in groups.items():
+        (va, ma), (vb, mb) = metric_a, metric_b
+        if va not in by_variant or vb not in by_variant:
+            continue
+        a = _metric_values(by_variant[va], ma)
+        b = _metric_values(by_variant[vb], mb)
+        if a and b and len(a) == len(b):
+            doc["ratios"].setdefault(protocol, {}).setdefault(mode, {})[name] = ratio_of_medians(a, b)

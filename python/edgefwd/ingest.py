@@ -119,6 +119,7 @@ class Ingest:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         return client
@@ -181,6 +182,11 @@ class Ingest:
             opts = [(f, 1) for f in self.subscriptions]
         client.subscribe(opts)
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        cfg = self.config.mqtt
+        self.state.set_connected(False)
+        self.state.last_error = f"cannot connect to {cfg.host}:{cfg.port} (retrying)"
+
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
         if failed:
@@ -190,8 +196,10 @@ class Ingest:
         self.queue.put_meta_json("subscriptions", self.subscriptions)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_connected = self.state.connected
         self.state.set_connected(False)
-        if not self._stopping:
+        # After a refused CONNECT paho reports a disconnect too; the refusal says more.
+        if not self._stopping and was_connected:
             self.state.last_error = f"disconnected: {reason_code}"
             log.warning("event=mqtt_disconnected reason=%r", str(reason_code))
 
