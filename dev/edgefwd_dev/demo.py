@@ -101,18 +101,6 @@ def _n(x: int | float) -> str:
     return f"{int(x):,}"
 
 
-def _size(n: int | None) -> str:
-    from edgefwd.units import format_size
-
-    return "-" if n is None else format_size(n)
-
-
-def _dur(s: float | None) -> str:
-    from edgefwd.units import format_duration
-
-    return "-" if s is None else format_duration(s)
-
-
 def _age(s: float | None) -> str:
     """Compact, fixed-width-friendly seconds for the progress lines: 0.4s, 12s, 3m05s."""
     if s is None:
@@ -365,36 +353,40 @@ def _holds(predicate: Callable[[Sample], bool], sample: Sample) -> bool:
 
 
 def config_text(config: dict) -> str:
+    """The config as a technician would write it: the same document, with comments."""
     m, k, q = config["mqtt"], config["kafka"], config["queue"]
-    return f"""\
-# edgefwd.yaml for the demo gateway (written by edgefwd_dev.demo)
-gateway_id: "{config['gateway_id']}"           # names the MQTT session; stamped on every record
-data_dir: {config['data_dir']}
-
-mqtt:                                  # the gateway's own Mosquitto
-  host: {m['host']}
-  port: {m['port']}
-  protocol: "{m['protocol']}"
-  session_expiry: {m['session_expiry']}                   # broker keeps our session while we are away
-
-kafka:                                 # the uplink: stopped and restarted by the demo
-  bootstrap_servers: "{k['bootstrap_servers']}"
-  delivery: {k['delivery']}
-
-queue:                                 # durable LMDB queue on the gateway's disk
-  max_bytes: {q['max_bytes']}
-  on_full: {q['on_full']}                # evict lowest priority first, counted
-
-routes:
-  - mqtt_filter: "vehicles/+/telemetry/#"
-    kafka_topic: "telemetry"
-    kafka_key: "${{1}}"                   # the vehicle id: order is kept per vehicle
-    priority: 0
-  - mqtt_filter: "vehicles/+/alarms"
-    kafka_topic: "alarms"
-    kafka_key: "${{1}}"
-    priority: 10                       # alarms survive eviction longest
-"""
+    lines: list[tuple[str, str]] = [
+        ("# edgefwd.yaml of the demo gateway (written by edgefwd_dev.demo)", ""),
+        (f'gateway_id: "{config["gateway_id"]}"', "names the MQTT session; in every record"),
+        (f"data_dir: {config['data_dir']}", ""),
+        ("", ""),
+        ("mqtt:", "the gateway's own Mosquitto"),
+        (f"  host: {m['host']}", ""),
+        (f"  port: {m['port']}", ""),
+        (f'  protocol: "{m["protocol"]}"', ""),
+        (f"  session_expiry: {m['session_expiry']}", "broker queues for us while we are away"),
+        ("", ""),
+        ("kafka:", "the uplink: the demo stops and restarts it"),
+        (f'  bootstrap_servers: "{k["bootstrap_servers"]}"', ""),
+        (f"  delivery: {k['delivery']}", "acks=all, idempotent producer"),
+        ("", ""),
+        ("queue:", "durable LMDB queue on the gateway's disk"),
+        (f"  max_bytes: {q['max_bytes']}", ""),
+        (f"  on_full: {q['on_full']}", "lowest priority goes first, counted"),
+        ("", ""),
+        ("routes:", ""),
+        ('  - mqtt_filter: "vehicles/+/telemetry/#"', ""),
+        ('    kafka_topic: "telemetry"', ""),
+        ('    kafka_key: "${1}"', "the vehicle id: order kept per vehicle"),
+        ("    priority: 0", ""),
+        ('  - mqtt_filter: "vehicles/+/alarms"', ""),
+        ('    kafka_topic: "alarms"', ""),
+        ('    kafka_key: "${1}"', ""),
+        ("    priority: 10", "alarms survive eviction longest"),
+    ]
+    width = max(len(code) for code, comment in lines if comment) + 2
+    return "".join((f"{code:<{width}}# {comment}" if comment else code).rstrip() + "\n"
+                   for code, comment in lines)
 
 
 class Demo:
