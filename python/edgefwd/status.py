@@ -105,7 +105,7 @@ def build_status(config: Config, now: float | None = None) -> dict:
         "rates": {
             "received_per_s": round(received_rate, 1),
             "forwarded_per_s": round(forwarded_rate, 1),
-            "drain_eta_s": round(stored / net_drain, 1) if stored and net_drain > 0 else (0 if not stored else None),
+            "drain_eta_s": _drain_eta(stored, forwarded_rate, net_drain),
         },
         "downlink": {"lag": 0, "delivered": 0, "expired": 0},
         "drainer": {"running": bool(snap.get("drainer", {}).get("alive")) and running,
@@ -114,6 +114,19 @@ def build_status(config: Config, now: float | None = None) -> dict:
     }
     doc["health"], doc["problems"] = _health(doc, snap, now)
     return doc
+
+
+def _drain_eta(stored: int, forwarded_rate: float, net_drain: float) -> float | None:
+    """Seconds until the queue is empty at the present rates; None while it does not shrink.
+
+    A net rate that is a sliver of the outflow (in ~= out, a live stream passing through)
+    says nothing about the backlog, so it gives no ETA either.
+    """
+    if not stored:
+        return 0
+    if net_drain <= 0 or net_drain < 0.05 * forwarded_rate:
+        return None
+    return round(stored / net_drain, 1)
 
 
 def _empty(config: Config, running: bool) -> dict:
@@ -141,7 +154,7 @@ def _health(doc: dict, snap: dict, now: float) -> tuple[str, list[str]]:
         critical.append(f"agent has not written status for {doc['agent']['heartbeat_age_s']:.0f}s (hung?)")
     q = doc["queue"]
     if q["capacity_bytes"] and q["bytes"] >= QUEUE_NEAR_FULL * q["capacity_bytes"] * LOGICAL_FRACTION:
-        critical.append(f"queue near full: {format_size(q['bytes'])} of {format_size(q['capacity_bytes'])}")
+        critical.append(f"queue near full: {format_size(q['bytes'], exact=False)} of {format_size(q['capacity_bytes'], exact=False)}")
     blocked = doc["mqtt"].get("blocked")
     if blocked and doc["agent"]["running"]:
         critical.append(blocked)
@@ -158,7 +171,7 @@ def _health(doc: dict, snap: dict, now: float) -> tuple[str, list[str]]:
             critical.append("drainer process not running (restarting)")
     age = q["oldest_age_s"]
     if age is not None and age > BACKLOG_GROWING_AGE_S:
-        degraded.append(f"backlog of {q['messages']} messages, oldest {format_duration(age)} old")
+        degraded.append(f"backlog of {q['messages']} messages, oldest {format_duration(age, exact=False)} old")
     lost_at = snap.get("mqtt", {}).get("session_lost_at")
     if lost_at is not None and now - lost_at < 24 * 3600:
         degraded.append("the broker had lost edgefwd's MQTT session: messages may have been dropped upstream")
@@ -180,7 +193,7 @@ def render_text(doc: dict) -> str:
         lines.append(f"  ! {problem}")
     agent = doc["agent"]
     if agent["running"]:
-        lines.append(f"agent: running (pid {agent['pid']}, up {format_duration(agent['uptime_s'] or 0)})")
+        lines.append(f"agent: running (pid {agent['pid']}, up {format_duration(agent['uptime_s'] or 0, exact=False)})")
     else:
         lines.append("agent: NOT running")
     m, k = doc["mqtt"], doc["kafka"]
@@ -188,9 +201,10 @@ def render_text(doc: dict) -> str:
     lines.append(f"kafka: {'connected' if k['connected'] else 'DISCONNECTED'}  delivery={k['delivery']}" + (f"  ({k['last_error']})" if k.get("last_error") else ""))
     q = doc["queue"]
     if q["messages"] is not None:
-        used = f"{format_size(q['bytes'])} of {format_size(q['capacity_bytes'])}"
-        oldest = f", oldest {format_duration(q['oldest_age_s'])}" if q["oldest_age_s"] is not None else ""
-        lines.append(f"queue: {q['messages']} messages, {used}{oldest}")
+        used = f"{format_size(q['bytes'], exact=False)} of {format_size(q['capacity_bytes'], exact=False)}"
+        oldest = f", oldest {format_duration(q['oldest_age_s'], exact=False)}" if q["oldest_age_s"] is not None else ""
+        noun = "message" if q["messages"] == 1 else "messages"
+        lines.append(f"queue: {q['messages']} {noun}, {used}{oldest}")
     c = doc.get("counters")
     if c:
         lines.append(
@@ -201,7 +215,7 @@ def render_text(doc: dict) -> str:
     r = doc.get("rates")
     if r:
         eta = r["drain_eta_s"]
-        eta_text = "-" if eta is None else format_duration(eta)
+        eta_text = "-" if eta is None else format_duration(eta, exact=False)
         lines.append(f"rates: in {r['received_per_s']}/s  out {r['forwarded_per_s']}/s  drain ETA {eta_text}")
     if doc["clock"]["synchronized"] is False:
         lines.append("clock: not synchronized (records carry edgefwd.clock=unsynced)")
