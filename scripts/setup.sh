@@ -61,7 +61,11 @@ fi
 # ---- Rust extension (only once the crate exists)
 if [ -f rust/Cargo.toml ]; then
   command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust with rustup)" >&2; exit 1; }
-  if [ -f pyproject.toml ]; then
+  src_hash="$(cat Cargo.toml Cargo.lock pyproject.toml $(find rust -name '*.rs' -o -name Cargo.toml | sort) | sha256sum | cut -d' ' -f1)"
+  if [ -f pyproject.toml ] && [ "$(cat .venv/.extension.sha256 2>/dev/null)" = "$src_hash" ] \
+     && ls python/edgefwd/_core*.so >/dev/null 2>&1; then
+    say "extension up to date"
+  elif [ -f pyproject.toml ]; then
     say "maturin develop --release"
     locked=()
     [ -f Cargo.lock ] && locked=(--locked)
@@ -71,6 +75,7 @@ if [ -f rust/Cargo.toml ]; then
       echo "setup: maturin develop failed (full log: $log)" >&2
       exit 1
     fi
+    echo "$src_hash" > .venv/.extension.sha256
   else
     say "rust/Cargo.toml present but no pyproject.toml yet: extension not built"
   fi
