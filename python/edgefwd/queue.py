@@ -4,7 +4,10 @@ Databases inside the environment:
 
 ``batches``   u64 big-endian batch id (arrival order) + u8 priority -> a batch encoded by the
               Rust core; every record of a batch has the same route priority
-``evict``     u8 priority + u64 batch id -> empty: the eviction order (lowest priority, oldest)
+``evict``     u8 priority + u64 batch id -> u32 record count: the eviction order (lowest
+              priority, oldest); the count, kept apart from the batch, still tells how many
+              records a batch held when its own header is damaged (empty in queues written
+              before the count was kept: then unknown)
 ``counters``  counter name -> u64; updated in the same transaction as the data it counts
 ``meta``      format version, queue epoch, next seq / batch id, subscriptions
 ``mids``      u16 MQTT packet id -> (digest, message number) of the last persisted message
@@ -23,6 +26,7 @@ read, so no reader pins pages while the other process writes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import struct
@@ -37,10 +41,16 @@ from edgefwd import _core
 from edgefwd.errors import QueueOpenError
 from edgefwd.faults import crash_point
 
+log = logging.getLogger("edgefwd.queue")
+
 QUEUE_FORMAT_VERSION = 1
+# Written (and fsynced, with its directory) once a new queue is durable; before it exists
+# nothing in the queue can have been acknowledged.
+CREATED_MARKER = "created"
 _U64 = struct.Struct(">Q")
 _BATCH_KEY = struct.Struct(">QB")
 _EVICT_KEY = struct.Struct(">BQ")
+_EVICT_VAL = struct.Struct(">I")
 _MID = struct.Struct(">H")
 _MID_ENTRY = struct.Struct(">8sQ")
 
@@ -123,26 +133,24 @@ class Queue:
         self.max_bytes = int(max_bytes)
         self.logical_limit = int(self.max_bytes * LOGICAL_FRACTION)
         map_size = max(self.max_bytes, _MIN_MAP_SIZE)
+        marker = self.path / CREATED_MARKER
         try:
             if not readonly:
                 self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
             elif not (self.path / "data.mdb").exists():
                 raise QueueOpenError(f"{self.path}: no queue here (the agent has not run yet?)")
-            self.env = lmdb.open(
-                str(self.path),
-                map_size=map_size,
-                subdir=True,
-                max_dbs=8,
-                sync=True,
-                metasync=True,
-                writemap=False,
-                map_async=False,
-                readahead=False,
-                meminit=False,
-                max_readers=64,
-                readonly=readonly,
-                create=not readonly,
-            )
+            try:
+                self.env = self._open_env(map_size, readonly)
+            except lmdb.Error:
+                if readonly or marker.exists() or not (self.path / "data.mdb").exists():
+                    raise
+                # LMDB writes a new file's meta pages unsynced: a power cut before its first
+                # fsync leaves a file it rejects. Without the marker, the queue was never
+                # completed, so nothing in it was ever acknowledged: start it afresh.
+                log.warning("event=queue_recreated path=%s reason='creation never completed'", self.path)
+                for name in ("data.mdb", "lock.mdb"):
+                    (self.path / name).unlink(missing_ok=True)
+                self.env = self._open_env(map_size, readonly)
         except QueueOpenError:
             raise
         except (lmdb.Error, OSError) as exc:
@@ -160,6 +168,8 @@ class Queue:
                 self._init_meta()
             self.epoch = self._read_meta(b"epoch").decode()
             version = int(self._read_meta(b"format"))
+            if not readonly and not marker.exists():
+                self._mark_created(marker)
         except QueueOpenError:
             self.env.close()
             raise
@@ -174,6 +184,41 @@ class Queue:
             )
 
     # ---------------------------------------------------------------- set-up
+    def _open_env(self, map_size: int, readonly: bool) -> lmdb.Environment:
+        return lmdb.open(
+            str(self.path),
+            map_size=map_size,
+            subdir=True,
+            max_dbs=8,
+            sync=True,
+            metasync=True,
+            writemap=False,
+            map_async=False,
+            readahead=False,
+            meminit=False,
+            max_readers=64,
+            readonly=readonly,
+            create=not readonly,
+        )
+
+    def _mark_created(self, marker: Path) -> None:
+        """Make the new queue durable, file names included, then say so with the marker.
+
+        POSIX makes a new file's name durable only with an fsync of its directory.
+        """
+        self.env.sync(True)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, f"{self.epoch}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for directory in (self.path, self.path.parent):
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
     def _init_meta(self) -> None:
         with self.env.begin(write=True) as txn:
             if txn.get(b"format", db=self._meta) is None:
@@ -298,7 +343,7 @@ class Queue:
                     continue
             stored = StoredBatch(next_id, batch.priority, batch.data)
             txn.put(stored.key, batch.data, db=self._batches)
-            txn.put(stored.evict_key, b"", db=self._evict_index)
+            txn.put(stored.evict_key, _EVICT_VAL.pack(batch.records), db=self._evict_index)
             result.batch_ids.append(next_id)
             next_id += 1
             stored_bytes += size
@@ -325,14 +370,17 @@ class Queue:
         if not cursor.first():
             return 0, 0
         while freed < need_bytes:
-            priority, batch_id = _EVICT_KEY.unpack(cursor.key())
+            evict_key = cursor.key()
+            if not evict_key:
+                break  # past the last entry (delete() of the last one leaves no current)
+            priority, batch_id = _EVICT_KEY.unpack(evict_key)
             if priority > max_priority:
                 break
             key = _BATCH_KEY.pack(batch_id, priority)
             value = txn.get(key, db=self._batches)
             if value is not None:
                 freed += len(value)
-                dropped += _record_count(value)
+                dropped += _record_count(value, cursor.value())
                 txn.delete(key, db=self._batches)
             if not cursor.delete():
                 break
@@ -351,16 +399,22 @@ class Queue:
             seen = 0
             if cursor.first():
                 while seen < limit:
-                    batch_id, priority = _BATCH_KEY.unpack(cursor.key())
+                    key = cursor.key()
+                    if not key:
+                        break  # past the last batch (delete() of the last one leaves no current)
+                    batch_id, priority = _BATCH_KEY.unpack(key)
+                    if batch_id in keep:
+                        # On its way to Kafka: skipped, and not counted against `limit`, or a
+                        # window of in-flight batches wider than `limit` (10,000 one-message
+                        # batches at a low rate) would hide every batch behind it for good.
+                        if not cursor.next():
+                            break
+                        continue
                     value = cursor.value()
                     seen += 1
                     newest = _newest_receive_ms(value)
                     if newest is None or newest >= cutoff_ms:
                         break  # arrival order: all after it is newer; a corrupt one is the drainer's
-                    if batch_id in keep:
-                        if not cursor.next():
-                            break
-                        continue
                     freed += len(value)
                     dropped += _record_count(value)
                     txn.delete(_EVICT_KEY.pack(priority, batch_id), db=self._evict_index)
@@ -402,20 +456,33 @@ class Queue:
         ``done``: (batch, records in it) for batches whose every record Kafka acknowledged
         or refused for good; the refused ones are ``dead_letters``.  ``corrupt``: (batch,
         records per its header) for batches whose CRC failed; they move whole to the
-        dead-letter store.  A batch already gone (evicted or expired meanwhile) was
-        counted as dropped then and is not counted again.
+        dead-letter store.  A batch already gone was evicted (counted as dropped) after the
+        producer had it; Kafka took its records anyway, so they move from dropped to
+        forwarded: `dropped` counts what did not reach Kafka.
         """
         with self.env.begin(write=True) as txn:
-            removed_records = freed = refused = 0
+            removed_records = freed = refused = evicted_delivered = 0
+            gone: set[int] = set()
             for batch, n_records in done:
+                n_refused = sum(1 for d in dead_letters if d.batch_id == batch.id)
                 if txn.delete(batch.key, db=self._batches):
                     txn.delete(batch.evict_key, db=self._evict_index)
                     removed_records += n_records
                     freed += len(batch.data)
-                    refused += sum(1 for d in dead_letters if d.batch_id == batch.id)
-            letters = [d for d in dead_letters if d.batch_id is None or any(b.id == d.batch_id for b, _ in done)]
+                    refused += n_refused
+                else:
+                    # Evicted (on_full: drop_oldest) after it was handed to the producer, and
+                    # Kafka then took it: it was counted as dropped, but it was delivered.
+                    # (max_age never expires a batch in flight, so only eviction gets here.)
+                    evicted_delivered += n_records - n_refused
+                    gone.add(batch.id)
+            # clamp: a counter never goes below zero, whatever the history
+            evicted_delivered = min(evicted_delivered, self._get_u64(txn, b"dropped.queue_full", self._counters))
+            letters = [d for d in dead_letters if d.batch_id not in gone]
             corrupt_records = 0
             for batch, n_records in corrupt:
+                if not n_records:  # the header is damaged too: the count kept beside it
+                    n_records = _record_count(b"", txn.get(batch.evict_key, db=self._evict_index))
                 if not txn.delete(batch.key, db=self._batches):
                     continue
                 txn.delete(batch.evict_key, db=self._evict_index)
@@ -427,7 +494,8 @@ class Queue:
             self._add(
                 txn,
                 {
-                    "forwarded": removed_records - refused,
+                    "forwarded": removed_records - refused + evicted_delivered,
+                    "dropped.queue_full": -evicted_delivered,
                     "dead_lettered": refused + corrupt_records,
                     "stored_records": -(removed_records + corrupt_records),
                     "stored_bytes": -freed,
@@ -472,10 +540,14 @@ class Queue:
         return {"counters": counters, "oldest_receive_ms": oldest_ms}
 
 
-def _record_count(data: bytes) -> int:
+def _record_count(data: bytes, evict_value: bytes | None = None) -> int:
+    """Records in a stored batch: from its CRC-checked header, else from the count kept in
+    the eviction index, else 0 (unknown)."""
     try:
         return _core.batch_record_count(bytes(data))
     except _core.CorruptBatchError:
+        if evict_value is not None and len(evict_value) == _EVICT_VAL.size:
+            return _EVICT_VAL.unpack(evict_value)[0]
         return 0
 
 

@@ -135,10 +135,21 @@ def test_unknown_format_version_refuses_to_open(tmp_path):
 
 
 def test_unreadable_queue_refuses_to_open(tmp_path):
-    (tmp_path / "queue").mkdir()
+    Queue(tmp_path, 8 << 20).close()  # a queue that was completed once (it has its marker)
     (tmp_path / "queue" / "data.mdb").write_bytes(b"this is not an LMDB file" * 100)
     with pytest.raises(QueueOpenError, match="cannot open the queue"):
         Queue(tmp_path, 8 << 20)
+    assert (tmp_path / "queue" / "data.mdb").read_bytes().startswith(b"this is not"), "never deleted"
+
+
+def test_a_queue_whose_creation_never_completed_is_created_afresh(tmp_path):
+    # a power cut before LMDB's first fsync of a new file leaves meta pages it rejects;
+    # without the "created" marker nothing in it can have been acknowledged
+    (tmp_path / "queue").mkdir()
+    (tmp_path / "queue" / "data.mdb").write_bytes(bytes(8192))
+    q = Queue(tmp_path, 8 << 20)
+    assert q.counters()["received"] == 0
+    assert (tmp_path / "queue" / "created").read_text().strip() == q.epoch
 
 
 def test_drop_oldest_takes_low_priority_first_and_never_higher(tmp_path):
