@@ -3,7 +3,7 @@
 Result schema (version 1), one JSON file per benchmark run under bench/results/:
 
     {"schema": 1,
-     "bench": "e2e" | "ingest",
+     "bench": "e2e" | "ingest" | "queue_writes",
      "form": "default" | "short",
      "time": ISO-8601 UTC start of the run, "duration_s": float,
      "machine": {"cpus", "python", "kernel", "platform", "loadavg_start", "loadavg_end"},
@@ -60,18 +60,23 @@ def device_topics(devices: int) -> list[str]:
 
 
 def make_payloads(size: int, count: int) -> list[bytes]:
-    """`count` distinct JSON telemetry payloads of exactly `size` bytes (padded)."""
+    """`count` distinct JSON telemetry payloads of exactly `size` bytes, padded with a field of
+    pseudo-random hex digits (sensor samples), so compression sees realistic, not
+    repetitive, bytes."""
+    import random
+
+    rng = random.Random(size)
     out = []
     for i in range(count):
         body = (
             f'{{"device":"dev{i % 100:03d}","n":{i},"ts":{1795600000.123 + i:.3f},'
             f'"rpm":{800 + (i * 37) % 4000},"temp_c":{60 + (i * 7) % 50}.{i % 10},'
-            f'"lat":48.{(i * 7919) % 1000000:06d},"lon":11.{(i * 104729) % 1000000:06d},"pad":"'
+            f'"lat":48.{(i * 7919) % 1000000:06d},"lon":11.{(i * 104729) % 1000000:06d},"samples":"'
         )
         pad = size - len(body) - 2
         if pad < 0:
             raise ValueError(f"payload size {size} too small")
-        out.append((body + "x" * pad + '"}').encode())
+        out.append((body + "".join(rng.choice("0123456789abcdef") for _ in range(pad)) + '"}').encode())
     return out
 
 
@@ -136,7 +141,7 @@ def versions() -> dict[str, Any]:
     return {
         "edgefwd": dist("edgefwd"),
         "paho_mqtt": dist("paho-mqtt"),
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.__version__,
         "librdkafka": confluent_kafka.libversion()[0],
         "py_lmdb": lmdb.__version__,
         "lmdb": ".".join(map(str, lmdb.version())),
@@ -409,6 +414,12 @@ class QueueWatcher:
                 raise TimeoutError(f"queue counters received={r} forwarded={f}, wanted {received}/{forwarded}")
             time.sleep(self.interval)
 
+    def commits(self) -> int:
+        """Batches ever committed by ingest (the queue's next batch id - 1)."""
+        import struct
+
+        return struct.unpack(">Q", self.queue._read_meta(b"next_batch"))[0] - 1
+
     def first(self, index: int, at_least: int) -> tuple[float, int] | None:
         """(time, value) of the first sample whose counter `index` (1 received, 2 forwarded)
         was >= at_least."""
@@ -478,8 +489,8 @@ class Bench:
 
     # ids --------------------------------------------------------------------------
     def ids(self, variant: str, protocol: str, mode: str, rnd: int) -> tuple[str, str]:
-        gw = f"{self.name}-{variant}-{'v5' if protocol == '5' else 'v311'}-{mode}-r{rnd}"
-        client_id = f"edgefwd-{gw}" if variant in AGENT_VARIANTS else f"bench-{gw}"
+        gw = f"{self.name}-{variant.replace('+', '-')}-{'v5' if protocol == '5' else 'v311'}-{mode}-r{rnd}"
+        client_id = f"edgefwd-{gw}" if variant.split("+")[0] in AGENT_VARIANTS else f"bench-{gw}"
         return gw, client_id
 
     def prime(self, variant: str, protocol: str, mode: str, rnd: int) -> None:
@@ -492,13 +503,13 @@ class Bench:
             "timeout": self.timeout,
         }, self.workdir)
 
-    def agent_config(self, gw: str, protocol: str, rundir: Path) -> dict:
+    def agent_config(self, gw: str, protocol: str, rundir: Path, compression: str = "none") -> dict:
         from edgefwd_dev.agent_runner import make_config
 
         return make_config(
             rundir, mqtt_port=self.b.mq.port, bootstrap=self.b.kafka.bootstrap if self.b.kafka else "127.0.0.1:9",
             routes=[{"mqtt_filter": FILTER, "kafka_topic": self.kafka_topic, "kafka_key": "${1}"}],
-            gateway_id=gw, protocol=protocol, queue={"max_bytes": "1GiB"}, log_level="warning",
+            gateway_id=gw, protocol=protocol, queue={"max_bytes": "1GiB", "compression": compression}, log_level="warning",
         )
 
     # one variant --------------------------------------------------------------------
@@ -511,7 +522,7 @@ class Bench:
         if mode == "live":
             prime_session(self.b.mq.host, self.b.mq.port, client_id, protocol)
         try:
-            if variant in AGENT_VARIANTS:
+            if variant.split("+")[0] in AGENT_VARIANTS:
                 out = self._run_edgefwd(variant, gw, protocol, mode, rundir)
             else:
                 out = self._run_client(variant, client_id, protocol, mode, rundir)
@@ -555,7 +566,9 @@ class Bench:
     def _run_edgefwd(self, variant: str, gw: str, protocol: str, mode: str, rundir: Path) -> dict:
         from edgefwd_dev.agent_runner import AgentRunner
 
-        runner = AgentRunner(rundir, self.agent_config(gw, protocol, rundir))
+        # "edgefwd+zstd": the same variant with queue.compression set
+        variant, _, compression = variant.partition("+")
+        runner = AgentRunner(rundir, self.agent_config(gw, protocol, rundir, compression or "none"))
         watcher = QueueWatcher(runner.data_dir, self.max_bytes)
         rss = RssSampler()
         role = None
@@ -582,7 +595,7 @@ class Bench:
                 rss.tick()
 
             watcher.wait(self.n, want_fwd, self.timeout, on_tick=tick)
-            t_done = time.time()
+            commits = watcher.commits()
             io = {"main": proc_io(main_pid)}
             if dpid[0]:
                 io["drainer"] = proc_io(dpid[0])
@@ -603,6 +616,8 @@ class Bench:
             "ingest_s": t_recv - t0,
             "ingest_rate": (self.n - c0) / (t_recv - t0),
             "first_commit_after_start_s": round(r_first[0] - t_spawn, 3),
+            "commits": commits,
+            "messages_per_commit": round(self.n / commits, 1) if commits else None,
         }
         if want_fwd:
             t_fwd = watcher.first(2, self.n)[0]
@@ -615,6 +630,8 @@ class Bench:
         out["write_bytes"] = wb
         out["write_bytes_per_payload_byte"] = {k: round(v / payload_bytes, 4) for k, v in wb.items()}
         out["write_bytes_per_payload_byte"]["total"] = round(sum(wb.values()) / payload_bytes, 4)
+        if commits:
+            out["main_write_bytes_per_commit"] = round(wb["main"] / commits)
         out["rss_max_mb"] = {k: round(v, 1) for k, v in rss.max.items()}
         return out
 
