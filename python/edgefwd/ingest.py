@@ -25,7 +25,7 @@ from edgefwd import _core
 from edgefwd.clock import boot_id, clock_synchronized
 from edgefwd.faults import crash_point
 from edgefwd.config import Config
-from edgefwd.queue import REDELIVERY_WINDOW, DeadLetter, NewBatch, Queue
+from edgefwd.queue import DeadLetter, NewBatch, Queue
 
 log = logging.getLogger("edgefwd.ingest")
 
@@ -364,9 +364,5 @@ class Ingest:
         dup_mids = [a.mid for a in taken if a.dup and a.qos > 0]
         if not dup_mids:
             return {}
-        entries = self.queue.redelivery_entries(dup_mids)
-        return {
-            mid: digest
-            for mid, (digest, number) in entries.items()
-            if self._message_number - number < REDELIVERY_WINDOW
-        }
+        entries = self.queue.redelivery_entries(dup_mids, self._message_number)
+        return {mid: digest for mid, (digest, _number) in entries.items()}

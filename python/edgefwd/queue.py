@@ -10,8 +10,9 @@ Databases inside the environment:
               before the count was kept: then unknown)
 ``counters``  counter name -> u64; updated in the same transaction as the data it counts
 ``meta``      format version, queue epoch, next seq / batch id, subscriptions
-``mids``      u16 MQTT packet id -> (digest, message number) of the last persisted message
-              that arrived with it; recognises broker redeliveries after a crash
+``mids``      u64 number of a commit's first message -> the (packet id, digest, message
+              number) of each QoS 1 message in that commit, packed; the last
+              REDELIVERY_WINDOW messages' worth is kept, to recognise broker redeliveries
 ``dlq``       u64 id -> dead letter (JSON meta + the encoded single-record batch or raw bytes)
 
 Every write is one LMDB transaction committed with fsync (``sync=True, metasync=True``), so
@@ -51,8 +52,7 @@ _U64 = struct.Struct(">Q")
 _BATCH_KEY = struct.Struct(">QB")
 _EVICT_KEY = struct.Struct(">BQ")
 _EVICT_VAL = struct.Struct(">I")
-_MID = struct.Struct(">H")
-_MID_ENTRY = struct.Struct(">8sQ")
+_MID_ENTRY = struct.Struct(">H8sI")  # packet id, digest, message number - the record's key
 
 # A redelivered message matches a stored packet id only if fewer than this many messages
 # arrived since: Mosquitto hands out packet ids in sequence, so an entry older than half the
@@ -269,14 +269,46 @@ class Queue:
             self._add(txn, count or {})
 
     # ---------------------------------------------------------------- redelivery
-    def redelivery_entries(self, mids: Iterable[int]) -> dict[int, tuple[bytes, int]]:
+    def redelivery_entries(self, mids: Iterable[int], current_number: int) -> dict[int, tuple[bytes, int]]:
+        """The newest (digest, message number) persisted under each packet id in `mids`,
+        looking back at most REDELIVERY_WINDOW messages from `current_number`.
+
+        Only called for DUP arrivals (after a reconnect), so it scans rather than keeping an
+        index: the packed commits of the window are a few hundred kilobytes at most.
+        """
+        wanted = set(mids)
         out: dict[int, tuple[bytes, int]] = {}
+        oldest = current_number - REDELIVERY_WINDOW
         with self.env.begin() as txn:
-            for mid in mids:
-                value = txn.get(_MID.pack(mid), db=self._mids)
-                if value is not None:
-                    out[mid] = _MID_ENTRY.unpack(value)
+            cursor = txn.cursor(db=self._mids)
+            if not cursor.last():
+                return out
+            for key, value in cursor.iterprev():
+                first = _U64.unpack(key)[0]
+                entries = list(_MID_ENTRY.iter_unpack(value))
+                for mid, digest, offset in reversed(entries):
+                    number = first + offset
+                    if mid in wanted and mid not in out and number > oldest:
+                        out[mid] = (digest, number)
+                if first <= oldest or len(out) == len(wanted):
+                    break
         return out
+
+    def _put_mid_entries(self, txn: lmdb.Transaction, entries: Sequence[tuple[int, bytes, int]]) -> None:
+        """One packed record per commit (one page touched, not one key per message), and
+        the records that fell out of the redelivery window deleted."""
+        if not entries:
+            return
+        first = entries[0][2]
+        txn.put(
+            _U64.pack(first),
+            b"".join(_MID_ENTRY.pack(mid, digest, number - first) for mid, digest, number in entries),
+            db=self._mids,
+        )
+        cutoff = entries[-1][2] - 2 * REDELIVERY_WINDOW
+        cursor = txn.cursor(db=self._mids)
+        while cursor.first() and _U64.unpack(cursor.key())[0] < cutoff:
+            cursor.delete()
 
     # ---------------------------------------------------------------- ingest
     def commit_ingest(
@@ -352,8 +384,7 @@ class Queue:
             deltas["stored_bytes"] = deltas.get("stored_bytes", 0) + size
         txn.put(b"next_batch", _U64.pack(next_id), db=self._meta)
         txn.put(b"next_seq", _U64.pack(next_seq), db=self._meta)
-        for mid, digest, number in mid_entries:
-            txn.put(_MID.pack(mid), _MID_ENTRY.pack(digest, number), db=self._mids)
+        self._put_mid_entries(txn, mid_entries)
         if dead_letters:
             self._put_dead_letters(txn, dead_letters)
             deltas["dead_lettered"] = deltas.get("dead_lettered", 0) + len(dead_letters)

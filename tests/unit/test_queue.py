@@ -6,7 +6,7 @@ import pytest
 
 from edgefwd import _core
 from edgefwd.errors import QueueOpenError
-from edgefwd.queue import DeadLetter, NewBatch, Queue
+from edgefwd.queue import REDELIVERY_WINDOW, DeadLetter, NewBatch, Queue
 
 BOOT = bytes(16)
 
@@ -122,7 +122,22 @@ def test_corrupt_batch_moves_to_dead_letters_once(tmp_path):
 def test_redelivery_entries_round_trip(tmp_path):
     q = Queue(tmp_path, 8 << 20)
     ingest(q, 1, 2, mids=[(5, b"d" * 8, 1), (6, b"e" * 8, 2)])
-    assert q.redelivery_entries([5, 6, 7]) == {5: (b"d" * 8, 1), 6: (b"e" * 8, 2)}
+    ingest(q, 3, 1, mids=[(5, b"f" * 8, 3)])  # packet id 5 reused later: the newest counts
+    assert q.redelivery_entries([5, 6, 7], current_number=3) == {5: (b"f" * 8, 3), 6: (b"e" * 8, 2)}
+    # outside the window (the broker reused every id since): nothing
+    assert q.redelivery_entries([5, 6], current_number=3 + REDELIVERY_WINDOW) == {}
+
+
+def test_packed_redelivery_records_are_pruned(tmp_path):
+    q = Queue(tmp_path, 64 << 20)
+    number = 0
+    for i in range(300):  # 300 commits of 250 QoS 1 messages: far past the window
+        entries = [((number + j) % 65535 + 1, b"x" * 8, number + j + 1) for j in range(250)]
+        number += 250
+        q.commit_ingest([], 1, entries, [], {}, "drop_oldest")
+    with q.env.begin() as txn:
+        kept = sum(1 for _ in txn.cursor(db=q._mids))
+    assert kept * 250 <= 2 * REDELIVERY_WINDOW + 250
 
 
 def test_unknown_format_version_refuses_to_open(tmp_path):
