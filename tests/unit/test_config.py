@@ -7,6 +7,8 @@ the line (the line as counted in the text written here), and that secrets never 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import pickle
 import re
 import textwrap
@@ -289,12 +291,21 @@ def test_directory_instead_of_file(tmp_path: Path):
         load_config(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file, so permission cannot be denied")
 def test_unreadable_file(tmp_path: Path):
     path = write(tmp_path, MINIMAL)
     path.chmod(0)
-    with pytest.raises(ConfigError, match="permission denied"):
-        load_config(path)
+    if os.geteuid() != 0:
+        with pytest.raises(ConfigError, match="permission denied"):
+            load_config(path)
+        return
+    # root reads any file: drop the capabilities that let it (as systemd's hardening would)
+    code = ("import sys\nfrom edgefwd.config import load_config\nfrom edgefwd.errors import ConfigError\n"
+            "try:\n    load_config(sys.argv[1])\nexcept ConfigError as e:\n    print(e)\n")
+    out = subprocess.run(
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", code, str(path)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "permission denied" in out.stdout, out
 
 
 def test_not_yaml_reports_line_and_column(tmp_path: Path):
