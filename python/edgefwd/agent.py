@@ -8,14 +8,17 @@ agent (PR_SET_PDEATHSIG) and the agent restarts it if it dies alone.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import logging
 import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from edgefwd.config import Config
 from edgefwd.errors import QueueOpenError
-from edgefwd.snapshot import read_json, write_json_atomic
+from edgefwd.snapshot import read_json
 
 log = logging.getLogger("edgefwd.agent")
 
@@ -38,6 +41,48 @@ DRAINER_STATE_FILE = "drainer.json"
 LOCK_FILE = "agent.lock"
 _RATE_WINDOW_S = 10.0
 _DRAINER_RESTART_MAX_S = 30.0
+
+
+SNAPSHOT_BYTES = 8192  # status snapshots are padded to this size (JSON allows trailing blanks)
+
+
+def write_snapshot(path: str | os.PathLike[str], data: object) -> None:
+    """Write a status snapshot whole, so that readers see the old one or the new one.
+
+    Normally a temp file renamed over `path`. On a full disk (ENOSPC) that needs space there
+    is none of, so the snapshot is padded to SNAPSHOT_BYTES and, when the disk is full,
+    written over the existing file in place instead: same size, blocks already allocated,
+    so it still works and `edgefwd status` can say why the agent stopped acknowledging.
+    (In place, a reader may catch it half-written; status.py reads again then.)
+    """
+    text = json.dumps(data, separators=(",", ":"))
+    body = text.encode().ljust(SNAPSHOT_BYTES)
+    directory = os.path.dirname(os.fspath(path)) or "."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError:
+            raise exc from None
+        try:
+            size = os.fstat(fd).st_size
+            if len(body) > size:
+                raise exc
+            os.pwrite(fd, body.ljust(size), 0)
+        finally:
+            os.close(fd)
 
 
 def setup_logging(level: str, role: str = "agent") -> None:
@@ -162,13 +207,21 @@ class Agent:
         self._start_drainer()
         self.ingest.start()
         interval = self.config.status_interval_s
+        status_failed = False
         while not self._stop.wait(interval):
             self._supervise_drainer()
-            self.write_status()
+            try:
+                self.write_status()
+                status_failed = False
+            except OSError as exc:  # never let a status file stop the agent that guards the data
+                if not status_failed:
+                    log.error("event=status_write_failed error=%r", str(exc))
+                status_failed = True
         log.info("event=agent_stopping")
         self.ingest.stop()
         self._stop_drainer()
-        self.write_status(running=False)
+        with contextlib.suppress(OSError):
+            self.write_status(running=False)
         self.queue.close()
         log.info("event=agent_stopped")
         return EX_OK
@@ -256,7 +309,7 @@ class Agent:
                 "dropped_per_s": rates["dropped"],
             },
         }
-        write_json_atomic(self.data_dir / STATUS_FILE, snapshot)
+        write_snapshot(self.data_dir / STATUS_FILE, snapshot)
 
 
 def run(config: Config) -> int:

@@ -29,7 +29,7 @@ from edgefwd.config import Config
 from edgefwd.faults import crash_point
 from edgefwd.kafka_props import producer_config
 from edgefwd.queue import DeadLetter, Queue, StoredBatch
-from edgefwd.snapshot import write_json_atomic
+from edgefwd.agent import write_snapshot
 
 log = logging.getLogger("edgefwd.drainer")
 
@@ -98,6 +98,7 @@ class Drainer:
         self._last_success = 0.0
         self._last_probe = 0.0
         self._last_expire = 0.0
+        self._state_failed = False
 
     def _make_producer(self) -> Producer:
         conf = producer_config(self.config)
@@ -279,7 +280,16 @@ class Drainer:
 
     def write_state(self, path: str) -> None:
         self.state.in_flight = self._in_flight_records
-        write_json_atomic(
+        try:
+            self._write_state(path)
+            self._state_failed = False
+        except OSError as exc:  # a full disk must not kill the drainer (it would restart-loop)
+            if not self._state_failed:
+                log.error("event=state_write_failed error=%r", str(exc))
+            self._state_failed = True
+
+    def _write_state(self, path: str) -> None:
+        write_snapshot(
             path,
             {
                 "pid": os.getpid(),

@@ -571,7 +571,7 @@ class Queue:
         return {"counters": counters, "oldest_receive_ms": oldest_ms}
 
 
-def _record_count(data: bytes, evict_value: bytes | None = None) -> int:
+def _record_count(data: bytes | memoryview, evict_value: bytes | memoryview | None = None) -> int:
     """Records in a stored batch: from its CRC-checked header, else from the count kept in
     the eviction index, else 0 (unknown)."""
     try:

@@ -29,11 +29,22 @@ def _age(now: float, t: float | None) -> float | None:
     return None if t is None else round(max(0.0, now - t), 1)
 
 
+def _read_snapshot(path: Path) -> object | None:
+    """On a full disk the agent rewrites its snapshot in place (agent.write_snapshot), so a
+    read may catch it half-written: read again before believing there is none."""
+    for _ in range(5):
+        snap = read_json(path)
+        if snap is not None or not path.exists():
+            return snap
+        time.sleep(0.02)
+    return None
+
+
 def build_status(config: Config, now: float | None = None) -> dict:
     """The status document; `health` and `problems` say what a technician must look at."""
     now = time.time() if now is None else now
     data_dir = Path(config.data_dir)
-    snap = read_json(data_dir / STATUS_FILE)
+    snap = _read_snapshot(data_dir / STATUS_FILE)
     running = agent_running(data_dir)
     if not isinstance(snap, dict):
         doc = _empty(config, running)
