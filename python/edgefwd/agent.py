@@ -12,13 +12,11 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import json
 import logging
 import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -26,7 +24,7 @@ from pathlib import Path
 
 from edgefwd.config import Config
 from edgefwd.errors import QueueOpenError
-from edgefwd.snapshot import read_json
+from edgefwd.snapshot import read_json, write_snapshot
 
 log = logging.getLogger("edgefwd.agent")
 
@@ -41,48 +39,6 @@ DRAINER_STATE_FILE = "drainer.json"
 LOCK_FILE = "agent.lock"
 _RATE_WINDOW_S = 10.0
 _DRAINER_RESTART_MAX_S = 30.0
-
-
-SNAPSHOT_BYTES = 8192  # status snapshots are padded to this size (JSON allows trailing blanks)
-
-
-def write_snapshot(path: str | os.PathLike[str], data: object) -> None:
-    """Write a status snapshot whole, so that readers see the old one or the new one.
-
-    Normally a temp file renamed over `path`. On a full disk (ENOSPC) that needs space there
-    is none of, so the snapshot is padded to SNAPSHOT_BYTES and, when the disk is full,
-    written over the existing file in place instead: same size, blocks already allocated,
-    so it still works and `edgefwd status` can say why the agent stopped acknowledging.
-    (In place, a reader may catch it half-written; status.py reads again then.)
-    """
-    text = json.dumps(data, separators=(",", ":"))
-    body = text.encode().ljust(SNAPSHOT_BYTES)
-    directory = os.path.dirname(os.fspath(path)) or "."
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        try:
-            fd = os.open(path, os.O_WRONLY)
-        except OSError:
-            raise exc from None
-        try:
-            size = os.fstat(fd).st_size
-            if len(body) > size:
-                raise exc
-            os.pwrite(fd, body.ljust(size), 0)
-        finally:
-            os.close(fd)
 
 
 def setup_logging(level: str, role: str = "agent") -> None:

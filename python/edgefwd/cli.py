@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 DEFAULT_CONFIG = "/etc/edgefwd/edgefwd.yaml"
 EX_USAGE = 64
@@ -97,7 +96,11 @@ def cmd_queue(args) -> int:
         elif args.queue_cmd == "peek":
             shown = 0
             for batch in queue.read_batches(0, max(1, args.limit)):
-                _, records = _core.decode_batch(batch.data)
+                try:
+                    _, records = _core.decode_batch(batch.data)
+                except _core.CorruptBatchError as exc:  # the drainer will quarantine it
+                    print(json.dumps({"batch": batch.id, "priority": batch.priority, "corrupt": str(exc)}))
+                    continue
                 for rec in records:
                     seq, wall_ms, _, _, qos, retain, route, topic, key, mqtt_topic, payload, _ = rec
                     print(

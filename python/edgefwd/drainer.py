@@ -29,7 +29,7 @@ from edgefwd.config import Config
 from edgefwd.faults import crash_point
 from edgefwd.kafka_props import producer_config
 from edgefwd.queue import DeadLetter, Queue, StoredBatch
-from edgefwd.agent import write_snapshot
+from edgefwd.snapshot import write_snapshot
 
 log = logging.getLogger("edgefwd.drainer")
 
@@ -51,6 +51,8 @@ _BACKOFF_MAX_S = 15.0
 _STATE_INTERVAL_S = 1.0
 _IDLE_PROBE_S = 10.0
 _EXPIRE_INTERVAL_S = 5.0
+_DELETE_GROUP_BATCHES = 64
+_DELETE_GROUP_DELAY_S = 0.25
 
 
 @dataclass
@@ -98,6 +100,7 @@ class Drainer:
         self._last_success = 0.0
         self._last_probe = 0.0
         self._last_expire = 0.0
+        self._first_done_at: float | None = None
         self._state_failed = False
 
     def _make_producer(self) -> Producer:
@@ -211,7 +214,14 @@ class Drainer:
             batch_id=entry.batch.id,
         )
 
-    def _collect_finished(self) -> bool:
+    def _collect_finished(self, force: bool = False) -> bool:
+        """Delete the batches Kafka has fully acknowledged, in one transaction.
+
+        Deletes are grouped (up to _DELETE_GROUP_DELAY_S after the first batch finished, or
+        _DELETE_GROUP_BATCHES batches): every write transaction rewrites a few LMDB pages
+        whatever it deletes, and the gateway's flash wears with every page. A crash in
+        between re-sends at most that group (at-least-once).
+        """
         done: list[tuple[StoredBatch, int]] = []
         dead: list[DeadLetter] = []
         for entry in self._in_flight.values():
@@ -221,6 +231,13 @@ class Drainer:
                     dead.extend(entry.dead)
         if not done:
             return False
+        now = time.monotonic()
+        if self._first_done_at is None:
+            self._first_done_at = now
+        group_full = len(done) >= _DELETE_GROUP_BATCHES or sum(n for _, n in done) >= _MAX_IN_FLIGHT_RECORDS // 2
+        if not force and not group_full and now - self._first_done_at < _DELETE_GROUP_DELAY_S:
+            return False
+        self._first_done_at = None
         crash_point("drainer.before_delete")
         self.queue.complete_batches(done, dead)
         for batch, n in done:
@@ -276,7 +293,7 @@ class Drainer:
         deadline = time.monotonic() + 10.0
         while self._in_flight_outstanding() and time.monotonic() < deadline:
             self._producer.poll(0.1)
-        self._collect_finished()
+        self._collect_finished(force=True)
 
     def write_state(self, path: str) -> None:
         self.state.in_flight = self._in_flight_records

@@ -2,30 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: object) -> None:
-    """Write JSON to a temp file beside `path` and rename it over `path`.
+SNAPSHOT_BYTES = 8192  # status snapshots are padded to this size (JSON allows trailing blanks)
 
-    A reader sees the old file or the new one, never half of one.  No fsync: these files
-    describe the present; after a power cut the queue, not a snapshot, is the truth.
+
+def write_snapshot(path: str | os.PathLike[str], data: object) -> None:
+    """Write a status snapshot whole, so that readers see the old one or the new one.
+
+    Normally a temp file renamed over `path`. On a full disk (ENOSPC) that needs space there
+    is none of, so the snapshot is padded to SNAPSHOT_BYTES and, when the disk is full,
+    written over the existing file in place instead: same size, blocks already allocated,
+    so it still works and `edgefwd status` can say why the agent stopped acknowledging.
+    (In place, a reader may catch it half-written; status.py reads again then.)
     """
+    text = json.dumps(data, separators=(",", ":"))
+    body = text.encode().ljust(SNAPSHOT_BYTES)
     directory = os.path.dirname(os.fspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError:
+            raise exc from None
+        try:
+            size = os.fstat(fd).st_size
+            if len(body) > size:
+                raise exc
+            os.pwrite(fd, body.ljust(size), 0)
+        finally:
+            os.close(fd)
+
 
 
 def read_json(path: str | os.PathLike[str]) -> object | None:

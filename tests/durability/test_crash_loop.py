@@ -62,7 +62,7 @@ def test_crash_loop_queue_holds_every_acked_message_exactly_once(mosquitto, tmp_
     assert result["missing_count"] == 0, result
     assert result["duplicates"] == 0, result
     assert result["seq_violations"] == 0, result
-    assert result["order_violations"] == 0, result
+    assert result["order_violations"] == 0, result["order_examples"]
     assert counters["received"] == result["records"]
     assert counters["stored_records"] == result["records"]
     assert counters["dropped.queue_full"] == counters["dropped.expired"] == counters["dead_lettered"] == 0
@@ -94,7 +94,7 @@ def test_crash_loop_with_kafka_delivers_every_acked_message(kafka, mosquitto, tm
           f"{result['duplicates']} duplicates ({result['duplicates'] / KILLS:.1f} per kill), "
           f"duplicates_skipped={c['duplicates_skipped']}")
     assert result["lost_count"] == 0, result
-    assert result["order_violations"] == 0, result
+    assert result["order_violations"] == 0, result["order_examples"]
     # the queue itself held each message once: the only duplicates are re-produced batches
     assert c["received"] == c["forwarded"] == len(acked)
     assert c["dropped"] == {"queue_full": 0, "expired": 0} and c["dead_lettered"] == 0

@@ -92,7 +92,7 @@ def test_ingest_crash_points_queue_nothing_twice(kafka, mosquitto, tmp_workdir, 
     print(f"{point}: duplicates_skipped={c['duplicates_skipped']} {result}")
     assert result["lost_count"] == 0, result
     assert result["duplicates"] == 0, result  # nothing was produced before the crash
-    assert result["order_violations"] == 0, result
+    assert result["order_violations"] == 0, result["order_examples"]
 
 
 def test_crash_during_eviction(kafka, mosquitto, tmp_workdir):
@@ -201,7 +201,7 @@ def test_drainer_crash_points_lose_nothing(kafka, mosquitto, tmp_workdir, point)
     result = audit(acked, records)
     print(f"{point}: {result['duplicates']} duplicates in Kafka (at-least-once re-produce) {result}")
     assert result["lost_count"] == 0, result
-    assert result["order_violations"] == 0, result
+    assert result["order_violations"] == 0, result["order_examples"]
 
 
 def test_restart_with_larger_max_bytes_after_crash_with_full_queue(mosquitto, tmp_workdir, fault_injector):

@@ -56,7 +56,7 @@ def test_every_message_once_per_route_with_headers_timestamps_and_order(
         result = audit(acked, records)
         assert result["lost_count"] == 0, result
         assert result["duplicates"] == 0, result
-        assert result["order_violations"] == 0, result
+        assert result["order_violations"] == 0, result["order_examples"]
         assert len(records) == count
 
     epochs = set()
@@ -123,7 +123,7 @@ def test_kafka_outage_longer_than_producer_timeouts(kafka, mosquitto, tmp_workdi
     records = kafka.read_all(topic, expected=len(acked), timeout=60)
     result = audit(acked, records)
     assert result["lost_count"] == 0, result
-    assert result["order_violations"] == 0, result
+    assert result["order_violations"] == 0, result["order_examples"]
     # timestamps are receive times: every record received while Kafka was down carries a
     # time before Kafka came back, not the time of the drain
     late = [r for r in records if json.loads(r.value)["ts"] * 1000 > down_at_ms + 1000]
@@ -157,7 +157,7 @@ def test_sigkill_mid_stream_loses_nothing(kafka, mosquitto, tmp_workdir, fault_i
     print(f"sigkill x{kills}: {result['records']} records for {result['acked']} acked, "
           f"{result['duplicates']} duplicates, status counters {doc['counters']}")
     assert result["lost_count"] == 0, result
-    assert result["order_violations"] == 0, result
+    assert result["order_violations"] == 0, result["order_examples"]
     # At most one in-flight window per kill: Mosquitto's 1000 unacked messages plus what the
     # drainer had produced but not yet deleted.
     assert result["duplicates"] <= kills * (1000 + 10_000), result
@@ -189,7 +189,9 @@ def test_mosquitto_restart_resumes_the_session(kafka, mosquitto, tmp_workdir):
     records = kafka.read_all(topic, expected=len(acked), timeout=60)
     result = audit(acked, records)
     assert result["lost_count"] == 0, result
-    assert result["order_violations"] == 0, result
+    # Arrival order at the gateway is kept per key. The devices' own order is not checked
+    # here: a publisher resending after the broker restart can reorder its messages upstream.
+    assert result["seq_order_violations"] == 0, result
 
 
 def test_sigterm_stops_cleanly_and_status_says_not_running(kafka, mosquitto, tmp_workdir):
