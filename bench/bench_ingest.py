@@ -9,7 +9,7 @@ session (mode "catchup"; "live" = the publisher runs concurrently, optional):
   edgefwd_threads      edgefwd's Queue + Ingest + Drainer in ONE process, the drainer on a
                        thread (the layout issue 2 asked to measure against processes)
   edgefwd_ingest_only  Queue + Ingest alone, no drainer: the cost of persist+ack by itself
-  edgefwd+zstd         the agent with queue.compression: zstd (any variant takes +lz4/+zstd)
+  edgefwd+none         the agent with queue.compression: none (any variant takes +none/+lz4/+zstd)
 
 Ingest rate = records committed to LMDB (and so acked) per second, from the queue's own
 counters polled every 10 ms by this process. Bytes written: /proc/PID/io write_bytes of each
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Bench, Brokers, add_ratio, aggregate, log, new_doc, run_rounds, write_doc  # noqa: E402
 
-VARIANTS = ["bare_paho", "edgefwd", "edgefwd_threads", "edgefwd_ingest_only", "edgefwd+zstd"]
+VARIANTS = ["bare_paho", "edgefwd", "edgefwd_threads", "edgefwd_ingest_only", "edgefwd+none"]
 
 METRICS = [
     "ingest_rate", "e2e_rate", "publisher_rate", "messages_per_commit", "main_write_bytes_per_commit",
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n": n, "payload_bytes": a.size, "devices": a.devices, "qos": 1, "rounds": rounds,
                 "protocols": protocols, "modes": modes, "variants": variants,
                 **brokers.settings(),
-                "agent": {"queue": "defaults (commit_max_messages 500, commit_max_delay 5ms, compression none, "
+                "agent": {"queue": "defaults (commit_max_messages 500, commit_max_delay 5ms, compression zstd, "
                                    "sync+metasync)", "data_dir": f"ext4 under {tmp}"},
                 "method": "ingest rate from the LMDB counters polled every 10 ms by the bench process over "
                           "[first commit seen, N received]; bare paho from its own first/Nth message times; "
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(brokers, work, n, a.size, a.devices, "ingest")
             run_rounds(bench, doc, variants, protocols, modes, rounds)
     aggregate(doc, METRICS)
-    for v in ("edgefwd", "edgefwd_threads", "edgefwd_ingest_only", "edgefwd+zstd"):
+    for v in ("edgefwd", "edgefwd_threads", "edgefwd_ingest_only", "edgefwd+none"):
         add_ratio(doc, f"{v}/bare_paho", (v, "ingest_rate"), ("bare_paho", "ingest_rate"))
     add_ratio(doc, "ingest: edgefwd_threads/edgefwd", ("edgefwd_threads", "ingest_rate"), ("edgefwd", "ingest_rate"))
     add_ratio(doc, "e2e: edgefwd_threads/edgefwd", ("edgefwd_threads", "e2e_rate"), ("edgefwd", "e2e_rate"))

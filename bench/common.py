@@ -503,13 +503,17 @@ class Bench:
             "timeout": self.timeout,
         }, self.workdir)
 
-    def agent_config(self, gw: str, protocol: str, rundir: Path, compression: str = "none") -> dict:
+    def agent_config(self, gw: str, protocol: str, rundir: Path, compression: str | None = None) -> dict:
+        """The agent's config as shipped; `compression` set only when a variant asks."""
         from edgefwd_dev.agent_runner import make_config
 
+        queue = {"max_bytes": "1GiB"}
+        if compression:
+            queue["compression"] = compression
         return make_config(
             rundir, mqtt_port=self.b.mq.port, bootstrap=self.b.kafka.bootstrap if self.b.kafka else "127.0.0.1:9",
             routes=[{"mqtt_filter": FILTER, "kafka_topic": self.kafka_topic, "kafka_key": "${1}"}],
-            gateway_id=gw, protocol=protocol, queue={"max_bytes": "1GiB", "compression": compression}, log_level="warning",
+            gateway_id=gw, protocol=protocol, queue=queue, log_level="warning",
         )
 
     # one variant --------------------------------------------------------------------
@@ -566,9 +570,9 @@ class Bench:
     def _run_edgefwd(self, variant: str, gw: str, protocol: str, mode: str, rundir: Path) -> dict:
         from edgefwd_dev.agent_runner import AgentRunner
 
-        # "edgefwd+zstd": the same variant with queue.compression set
+        # "edgefwd+none": the same variant with queue.compression set
         variant, _, compression = variant.partition("+")
-        runner = AgentRunner(rundir, self.agent_config(gw, protocol, rundir, compression or "none"))
+        runner = AgentRunner(rundir, self.agent_config(gw, protocol, rundir, compression or None))
         watcher = QueueWatcher(runner.data_dir, self.max_bytes)
         rss = RssSampler()
         role = None
