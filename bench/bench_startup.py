@@ -10,7 +10,7 @@ For each backlog (same run, one queue grown in place: 0 -> 1M -> 10M) it measure
   ``first_read_s``: the first ``read_batches(0, 64)``; ``stats_s``: ``Queue.stats()`` (what
   the status snapshot calls every second); all in this process, page cache warm.
 - ``startup_s``: wall time from spawning ``python -m edgefwd run`` until the agent's status
-  snapshot (data_dir/status.json, written atomically every status_interval) says
+  snapshot (runtime_dir/status.json, written atomically every status_interval) says
   ``agent.running`` and ``mqtt.connected``; Mosquitto runs, Kafka is unreachable
   (bootstrap 127.0.0.1:9), so nothing drains and the backlog stays whole.  The status
   interval is set to 0.1 s so that it adds at most 0.1 s.  Python's own start-up and
@@ -128,7 +128,7 @@ def agent_start(workdir: Path, config: dict, settle: float, tag: str) -> dict:
     from edgefwd_dev.agent_runner import AgentRunner
 
     runner = AgentRunner(workdir, config, name=f"agent-{tag}")
-    status = Path(config["data_dir"]) / "status.json"
+    status = Path(config["runtime_dir"]) / "status.json"
     status.unlink(missing_ok=True)
     t_spawn = time.time()
     t0 = time.monotonic()

@@ -643,7 +643,7 @@ class Bench:
         if role is not None:
             role.wait("ready", timeout)
             return
-        status = runner.data_dir / "status.json"
+        status = runner.runtime_dir / "status.json"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -39,6 +39,7 @@ def make_config(
     config: dict[str, Any] = {
         "gateway_id": gateway_id,
         "data_dir": str(Path(workdir) / "data"),
+        "runtime_dir": str(Path(workdir) / "run"),
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "protocol": protocol, "session_expiry": "1d"},
         "kafka": {"bootstrap_servers": bootstrap, "producer_properties": producer_properties or {}},
         "queue": {"max_bytes": "256MiB", **(queue or {})},
@@ -64,6 +65,10 @@ class AgentRunner:
     @property
     def data_dir(self) -> Path:
         return Path(self.config["data_dir"])
+
+    @property
+    def runtime_dir(self) -> Path:
+        return Path(self.config.get("runtime_dir", "/run/edgefwd"))
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -116,7 +121,7 @@ class AgentRunner:
     def _wait_children_gone(self, timeout: float = 10.0) -> None:
         # The drainer holds LMDB's reader slot and the Kafka producer: a new agent must not
         # overlap with it. Its pid is in the state file it writes.
-        state = self.data_dir / "drainer.json"
+        state = self.runtime_dir / "drainer.json"
         try:
             pid = json.loads(state.read_text()).get("pid")
         except (OSError, ValueError):

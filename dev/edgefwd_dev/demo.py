@@ -390,7 +390,8 @@ def config_text(config: dict) -> str:
     lines: list[tuple[str, str]] = [
         ("# edgefwd.yaml of the demo gateway (written by edgefwd_dev.demo)", ""),
         (f'gateway_id: "{config["gateway_id"]}"', "names the MQTT session; in every record"),
-        (f"data_dir: {config['data_dir']}", ""),
+        (f"data_dir: {config['data_dir']}", "the durable queue"),
+        (f"runtime_dir: {config['runtime_dir']}", "status snapshots (tmpfs on a gateway)"),
         ("", ""),
         ("mqtt:", "the gateway's own Mosquitto"),
         (f"  host: {m['host']}", ""),

@@ -122,6 +122,7 @@ class Agent:
     def __init__(self, config: Config):
         self.config = config
         self.data_dir = Path(config.data_dir)
+        self.runtime_dir = Path(config.runtime_dir)
         self.started_at = time.time()
         self._stop = threading.Event()
         self._rates = RateMeter()
@@ -134,11 +135,12 @@ class Agent:
         from edgefwd.ingest import Ingest
         from edgefwd.queue import Queue
 
-        try:
-            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        except OSError as exc:
-            log.error("event=data_dir_unusable path=%s error=%r", self.data_dir, str(exc))
-            return EX_CANTCREAT
+        for directory in (self.data_dir, self.runtime_dir):
+            try:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+            except OSError as exc:
+                log.error("event=directory_unusable path=%s error=%r", directory, str(exc))
+                return EX_CANTCREAT
         lock = DataDirLock(self.data_dir)
         if not lock.acquire():
             log.error("event=already_running data_dir=%s detail='another edgefwd agent holds its lock'", self.data_dir)
@@ -188,7 +190,7 @@ class Agent:
         ctx = multiprocessing.get_context("spawn")
         self._drainer = ctx.Process(
             target=drainer_process_main,
-            args=(self.config, str(self.data_dir / DRAINER_STATE_FILE)),
+            args=(self.config, str(self.runtime_dir / DRAINER_STATE_FILE)),
             name="edgefwd-drainer",
             daemon=False,
         )
@@ -221,7 +223,7 @@ class Agent:
     def write_status(self, running: bool = True) -> None:
         stats = self.queue.stats()
         counters = stats["counters"]
-        drainer_state = read_json(self.data_dir / DRAINER_STATE_FILE) or {}
+        drainer_state = read_json(self.runtime_dir / DRAINER_STATE_FILE) or {}
         now = time.time()
         rates = self._rates.add(
             now,
@@ -265,7 +267,7 @@ class Agent:
                 "dropped_per_s": rates["dropped"],
             },
         }
-        write_snapshot(self.data_dir / STATUS_FILE, snapshot)
+        write_snapshot(self.runtime_dir / STATUS_FILE, snapshot)
 
 
 def run(config: Config) -> int:

@@ -273,6 +273,8 @@ class Config:
     downlink: tuple[DownlinkRoute, ...] = ()
     log_level: str = "info"
     status_interval_s: float = 1.0
+    #: the status snapshots, rewritten every second: on tmpfs, not on the gateway's flash
+    runtime_dir: Path = Path("/run/edgefwd")
     #: 1-based line of every key path read from the file ("routes[1].kafka_key" -> 14).
     key_lines: Mapping[str, int] = field(default_factory=FrozenMap, repr=False, compare=False)
 
@@ -353,7 +355,7 @@ _MAX_IN_FLIGHT_KEYS = ("max.in.flight.requests.per.connection", "max.in.flight")
 # Schema: known keys per section (for unknown-key suggestions too)
 # --------------------------------------------------------------------------------------
 
-_TOP_KEYS = ("gateway_id", "data_dir", "log_level", "status_interval",
+_TOP_KEYS = ("gateway_id", "data_dir", "runtime_dir", "log_level", "status_interval",
              "mqtt", "kafka", "queue", "routes", "downlink")
 _MQTT_KEYS = ("host", "port", "client_id", "protocol", "session_expiry", "keepalive",
               "connect_timeout", "qos", "username", "password", "password_file", "tls")
@@ -1067,6 +1069,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     data_dir = Path("/var/lib/edgefwd")
     if (n := top.get("data_dir")) is not None:
         data_dir = doc.path_value("data_dir", n)
+    runtime_dir = Path("/run/edgefwd")
+    if (n := top.get("runtime_dir")) is not None:
+        runtime_dir = doc.path_value("runtime_dir", n)
     log_level = "info"
     if (n := top.get("log_level")) is not None:
         log_level = doc.choice("log_level", n, LOG_LEVELS)
@@ -1078,6 +1083,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         path=path,
         gateway_id=gateway_id,
         data_dir=data_dir,
+        runtime_dir=runtime_dir,
         mqtt=_mqtt(doc, top, gateway_id),
         kafka=_kafka(doc, top),
         queue=_queue(doc, top),
@@ -1207,6 +1213,7 @@ def dump_effective(config: Config) -> dict[str, Any]:
     return {
         "gateway_id": config.gateway_id,
         "data_dir": _esc(str(config.data_dir)),
+        "runtime_dir": _esc(str(config.runtime_dir)),
         "log_level": config.log_level,
         "status_interval": _dur(config.status_interval_s),
         "mqtt": {k: v for k, v in mqtt.items() if v is not None},

@@ -1,7 +1,8 @@
 """`edgefwd status`: the status contract (DESIGN.md, version 1) and its health rules.
 
-Built from the snapshot the agent writes atomically every second (data_dir/status.json), so
-it never opens LMDB while the agent writes.  Whether the agent runs is asked of the kernel
+Built from the snapshot the agent writes atomically every second (runtime_dir/status.json,
+on tmpfs), so it never opens LMDB while the agent writes. With the agent stopped and no
+snapshot (after a reboot), the counters come from the queue itself: no writer to disturb.  Whether the agent runs is asked of the kernel
 (the agent's flock on data_dir/agent.lock), not inferred from a pid that may be reused.
 When the agent is down the last snapshot still tells the counters as they were at its stop.
 """
@@ -44,8 +45,10 @@ def build_status(config: Config, now: float | None = None) -> dict:
     """The status document; `health` and `problems` say what a technician must look at."""
     now = time.time() if now is None else now
     data_dir = Path(config.data_dir)
-    snap = _read_snapshot(data_dir / STATUS_FILE)
+    snap = _read_snapshot(Path(config.runtime_dir) / STATUS_FILE)
     running = agent_running(data_dir)
+    if not isinstance(snap, dict) and not running:
+        snap = _snapshot_from_queue(config)
     if not isinstance(snap, dict):
         doc = _empty(config, running)
         doc["health"] = "critical" if not running else "unknown"
@@ -56,7 +59,7 @@ def build_status(config: Config, now: float | None = None) -> dict:
         return doc
 
     c = snap.get("counters", {})
-    drainer_state = read_json(data_dir / DRAINER_STATE_FILE) or {}
+    drainer_state = read_json(Path(config.runtime_dir) / DRAINER_STATE_FILE) or {}
     in_flight = min(int(snap.get("in_flight", 0) if running else 0), int(c.get("stored_records", 0)))
     stored = int(c.get("stored_records", 0))
     heartbeat_age = _age(now, snap.get("written_at"))
@@ -125,6 +128,26 @@ def build_status(config: Config, now: float | None = None) -> dict:
     }
     doc["health"], doc["problems"] = _health(doc, snap, now)
     return doc
+
+
+def _snapshot_from_queue(config: Config) -> dict | None:
+    """The counters as the queue holds them, for when the agent is down and left no snapshot."""
+    from edgefwd.errors import QueueOpenError
+    from edgefwd.queue import Queue
+
+    try:
+        queue = Queue(config.data_dir, config.queue.max_bytes, readonly=True)
+    except (QueueOpenError, OSError):
+        return None
+    try:
+        stats = queue.stats()
+    finally:
+        queue.close()
+    return {
+        "counters": stats["counters"],
+        "queue": {"capacity_bytes": config.queue.max_bytes, "oldest_receive_ms": stats["oldest_receive_ms"]},
+        "kafka": {"delivery": config.kafka.delivery},
+    }
 
 
 def _drain_eta(stored: int, forwarded_rate: float, net_drain: float) -> float | None:

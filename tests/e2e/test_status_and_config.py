@@ -54,6 +54,12 @@ def test_status_with_kafka_unreachable_is_degraded_and_shows_the_backlog_growing
     doc, rc = agent.status()
     assert rc == 2 and doc["health"] == "critical"
     assert doc["queue"]["messages"] == 300
+    # after a reboot the snapshots on tmpfs are gone: the counters come from the queue
+    for name in ("status.json", "drainer.json"):
+        (agent.runtime_dir / name).unlink()
+    doc, rc = agent.status()
+    assert rc == 2 and "agent not running" in doc["problems"]
+    assert doc["queue"]["messages"] == 300 and doc["counters"]["received"] == 300
 
 
 def test_status_unknown_when_no_state_exists(tmp_workdir):
@@ -115,6 +121,6 @@ def test_wrong_mqtt_credentials_are_reported_and_the_secret_never_shown(mosquitt
     assert check.returncode == 1 and "mqtt: FAILED" in check.stdout
     everything = "".join([
         agent.log_path.read_text(), text, str(doc), check.stdout, check.stderr,
-        (agent.data_dir / "status.json").read_text(), agent.config_path.read_text(),
+        (agent.runtime_dir / "status.json").read_text(), agent.config_path.read_text(),
     ])
     assert secret not in everything
