@@ -48,14 +48,3 @@ def producer_config(config: Config) -> dict[str, object]:
         }
     )
     return props
-
-
-def consumer_config(config: Config, group_id: str) -> dict[str, object]:
-    props: dict[str, object] = {
-        "bootstrap.servers": config.kafka.bootstrap_servers,
-        "client.id": f"edgefwd-{config.gateway_id}",
-    }
-    props.update(config.kafka.consumer_properties)
-    props.update(_security(config))
-    props.update({"group.id": group_id, "enable.auto.commit": False, "isolation.level": "read_committed"})
-    return props

@@ -470,11 +470,6 @@ class Queue:
                         break
         return out
 
-    def oldest_batch_id(self) -> int | None:
-        with self.env.begin() as txn:
-            cursor = txn.cursor(db=self._batches)
-            return _BATCH_KEY.unpack(cursor.key())[0] if cursor.first() else None
-
     def complete_batches(
         self,
         done: Sequence[tuple[StoredBatch, int]],
