@@ -81,14 +81,22 @@ def cmd_check(args) -> int:
     return check_connections(config, timeout=args.timeout)
 
 
-def cmd_queue(args) -> int:
-    config, rc = _load(args.config)
+def _open_queue(args):
+    """The queue, read-only, for inspection beside a running agent (no secrets needed)."""
+    config, rc = _load(args.config, read_secrets=False)
     if config is None:
-        return rc
-    from edgefwd import _core
+        return None, rc
     from edgefwd.queue import Queue
 
-    queue = Queue(config.data_dir, config.queue.max_bytes, readonly=True)
+    return Queue(config.data_dir, config.queue.max_bytes, readonly=True), 0
+
+
+def cmd_queue(args) -> int:
+    from edgefwd import _core
+
+    queue, rc = _open_queue(args)
+    if queue is None:
+        return rc
     try:
         if args.queue_cmd == "stats":
             stats = queue.stats()
@@ -126,12 +134,9 @@ def cmd_queue(args) -> int:
 
 
 def cmd_dlq(args) -> int:
-    config, rc = _load(args.config)
-    if config is None:
+    queue, rc = _open_queue(args)
+    if queue is None:
         return rc
-    from edgefwd.queue import Queue
-
-    queue = Queue(config.data_dir, config.queue.max_bytes, readonly=True)
     try:
         for letter_id, meta, data in queue.dead_letters(args.limit):
             print(json.dumps({"id": letter_id, **meta, "bytes": len(data)}))
