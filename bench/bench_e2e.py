@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 "protocols": protocols, "modes": modes, "variants": VARIANTS,
                 **brokers.settings(),
                 "kafka_topic": {"name": "bench", "partitions": 3, "key": "device id"},
-                "agent": {"queue": "defaults (commit_max_messages 500, commit_max_delay 5ms, compression zstd, "
+                "agent": {"queue": "defaults (commit_max_messages 500, commit_max_delay 20ms, compression zstd, "
                                    "sync+metasync)", "producer": "edgefwd defaults (acks=all, idempotent, lz4, linger.ms 5)",
                           "layout": "agent process (ingest) + drainer child process"},
                 "diy_producer": PRODUCER_PROPS,

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n": n, "payload_bytes": a.size, "devices": a.devices, "qos": 1, "rounds": rounds,
                 "protocols": protocols, "modes": modes, "variants": variants,
                 **brokers.settings(),
-                "agent": {"queue": "defaults (commit_max_messages 500, commit_max_delay 5ms, compression zstd, "
+                "agent": {"queue": "defaults (commit_max_messages 500, commit_max_delay 20ms, compression zstd, "
                                    "sync+metasync)", "data_dir": f"ext4 under {tmp}"},
                 "method": "ingest rate from the LMDB counters polled every 10 ms by the bench process over "
                           "[first commit seen, N received]; bare paho from its own first/Nth message times; "

@@ -241,7 +241,7 @@ class QueueConfig:
     on_full: str = "drop_oldest"  # drop_oldest | drop_newest | block
     max_age_s: float | None = None
     commit_max_messages: int = 500
-    commit_max_delay_s: float = 0.005
+    commit_max_delay_s: float = 0.02
     compression: str = "zstd"  # none | lz4 | zstd: flash is small and wears; zstd halves JSON
 
 

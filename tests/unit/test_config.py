@@ -221,7 +221,7 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path):
     assert c.queue == QueueConfig()
     assert c.queue.max_bytes == 2 * 2**30 and c.queue.on_full == "drop_oldest"
     assert c.queue.max_age_s is None and c.queue.commit_max_messages == 500
-    assert c.queue.commit_max_delay_s == 0.005 and c.queue.compression == "zstd"
+    assert c.queue.commit_max_delay_s == 0.02 and c.queue.compression == "zstd"
     assert c.routes == (Route(mqtt_filter="vehicles/+/telemetry/#", kafka_topic="telemetry"),)
     assert c.routes[0].kafka_key is None and c.routes[0].priority == 0
     assert c.downlink == ()
