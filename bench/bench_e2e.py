@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    PRODUCER_PROPS, Bench, Brokers, add_ratio, aggregate, log, new_doc, run_rounds, write_doc,
+    PRODUCER_PROPS, Bench, Brokers, add_ratio, aggregate, log, new_doc, run_rounds, write_and_report,
 )
 
 VARIANTS = ["edgefwd", "diy_bridge"]
@@ -70,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     aggregate(doc, ["e2e_rate", "ingest_rate", "publisher_rate", "rss_max_mb.main", "rss_max_mb.drainer",
                     "rss_max_mb.process", "write_bytes_per_payload_byte.total"])
     add_ratio(doc, "edgefwd/diy_bridge", ("edgefwd", "e2e_rate"), ("diy_bridge", "e2e_rate"))
-    path = write_doc(doc, a.out)
-    log(f"wrote {path}")
-    for protocol, modes_ in doc["ratios"].items():
-        for mode, ratios in modes_.items():
-            for name, r in ratios.items():
-                log(f"MQTT {protocol} {mode}: {name} = {r['of_medians']}")
+    write_and_report(doc, a.out)
     return 0
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Bench, Brokers, add_ratio, aggregate, log, new_doc, run_rounds, write_doc  # noqa: E402
+from common import Bench, Brokers, add_ratio, aggregate, log, new_doc, run_rounds, write_and_report  # noqa: E402
 
 VARIANTS = ["bare_paho", "edgefwd", "edgefwd_threads", "edgefwd_ingest_only", "edgefwd+none"]
 
@@ -84,12 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         add_ratio(doc, f"{v}/bare_paho", (v, "ingest_rate"), ("bare_paho", "ingest_rate"))
     add_ratio(doc, "ingest: edgefwd_threads/edgefwd", ("edgefwd_threads", "ingest_rate"), ("edgefwd", "ingest_rate"))
     add_ratio(doc, "e2e: edgefwd_threads/edgefwd", ("edgefwd_threads", "e2e_rate"), ("edgefwd", "e2e_rate"))
-    path = write_doc(doc, a.out)
-    log(f"wrote {path}")
-    for protocol, modes_ in doc["ratios"].items():
-        for mode, ratios in modes_.items():
-            for name, r in ratios.items():
-                log(f"MQTT {protocol} {mode}: {name} = {r['of_medians']}")
+    write_and_report(doc, a.out)
     return 0
 
 

@@ -178,6 +178,17 @@ def write_doc(doc: dict[str, Any], out: str | os.PathLike[str] | None) -> Path:
     return path
 
 
+
+def write_and_report(doc: dict[str, Any], out: str | os.PathLike[str] | None) -> Path:
+    """Write the result document and log every ratio in it."""
+    path = write_doc(doc, out)
+    log(f"wrote {path}")
+    for protocol, modes in doc["ratios"].items():
+        for mode, ratios in modes.items():
+            for name, r in ratios.items():
+                log(f"MQTT {protocol} {mode}: {name} = {r['of_medians']}")
+    return path
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
