@@ -794,7 +794,7 @@ def test_error_not_attributable_to_one_route_uses_the_index_in_the_message(tmp_p
 
 
 def test_native_router_template_error(tmp_path: Path):
-    core = pytest.importorskip("edgefwd._core", reason="the Rust extension is not built (maturin develop)")
+    from edgefwd import _core as core
     assert hasattr(core, "Router"), "edgefwd._core must export Router"
     path = write(tmp_path, ROUTES)
     with pytest.raises(ConfigError) as info:
@@ -804,7 +804,6 @@ def test_native_router_template_error(tmp_path: Path):
 
 
 def test_native_router_topic_error(tmp_path: Path):
-    pytest.importorskip("edgefwd._core", reason="the Rust extension is not built (maturin develop)")
     text = ROUTES.replace('"vehicles/+/alarms"', '"vehicles/#/alarms"').replace("${2}", "${1}")
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), env={})
@@ -813,7 +812,6 @@ def test_native_router_topic_error(tmp_path: Path):
 
 
 def test_native_router_accepts_the_shipped_routes(tmp_path: Path):
-    pytest.importorskip("edgefwd._core", reason="the Rust extension is not built (maturin develop)")
     c = load_config(write(tmp_path, ROUTES.replace("${2}", "${1}")), env={})
     assert validate_routes(c) is not None
 
@@ -873,7 +871,6 @@ def test_shipped_default_config_asks_for_gateway_id_and_is_valid_once_set(tmp_pa
 
 
 def test_shipped_default_config_passes_the_native_router(tmp_path: Path):
-    pytest.importorskip("edgefwd._core", reason="the Rust extension is not built (maturin develop)")
     shipped = (REPO / "packaging" / "edgefwd.yaml").read_text()
     edited = re.sub(r"^# *gateway_id:.*$", 'gateway_id: "truck-0042"', shipped, count=1, flags=re.M)
     load_config(write(tmp_path, edited), env={})
