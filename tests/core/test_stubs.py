@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 
-
 def test_stub_matches_the_built_module():
     proc = subprocess.run(
         [sys.executable, "-m", "mypy.stubtest", "edgefwd._core"],
