@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ log = logging.getLogger("edgefwd.ingest")
 
 _CLOCK_RECHECK_S = 10.0
 _BLOCKED_RETRY_S = 0.5
+_DISK_FULL_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -265,7 +267,7 @@ class Ingest:
                 self.config.queue.on_full,
             )
         except Exception as exc:  # a full disk, an I/O error: hold on, ack nothing, retry
-            self.state.blocked = f"queue write failed: {exc}"
+            self.state.blocked = f"queue write failed: {exc}{self._disk_space_note()}"
             log.error("event=queue_commit_failed error=%r", str(exc))
             return False
         if result.blocked:
@@ -278,6 +280,17 @@ class Ingest:
         self._ack_all(taken)
         crash_point("ingest.after_ack")
         return True
+
+    def _disk_space_note(self) -> str:
+        """LMDB reports a short write on a full disk as EIO: say when the disk is full."""
+        try:
+            st = os.statvfs(self.config.data_dir)
+        except OSError:
+            return ""
+        free = st.f_bavail * st.f_frsize
+        if free < _DISK_FULL_BYTES:
+            return f" (No space left on device: {free} bytes free under {self.config.data_dir})"
+        return ""
 
     def _ack_all(self, taken: list[Arrival]) -> None:
         """PUBACKs for a whole commit, with one wake-up of paho's network thread.
