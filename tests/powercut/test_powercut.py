@@ -39,7 +39,6 @@ SEED = int(os.environ.get("EDGEFWD_POWERCUT_SEED", str(random.SystemRandom().ran
 MAX_BYTES = 64 << 20
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD shim is Linux-only")
 
 
 @pytest.fixture(scope="module")
