@@ -40,7 +40,6 @@ MAX_BYTES = 64 << 20
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory) -> Path:
     return pcut.build_shim(tmp_path_factory.mktemp("pcshim"))

@@ -83,6 +83,12 @@ fn overlaps(a: &[Lvl], b: &[Lvl]) -> bool {
             (None, None) => return true,
             (Some(Lvl::Hash), other) | (other, Some(Lvl::Hash)) => {
                 // '#' at level 0 matches no '$' topic; '#' matches the parent level too.
+                // When the other filter ends here, the only common topic is the first i
+                // levels: with i == 1 and an empty level that is "", not a valid topic.
+                let empty = |l: Option<&Lvl>| matches!(l, Some(Lvl::Lit(x)) if x.is_empty());
+                if other.is_none() && i == 1 && (empty(a.first()) || empty(b.first())) {
+                    return false;
+                }
                 return !(i == 0 && other.is_some_and(Lvl::is_dollar_lit));
             }
             (None, Some(_)) | (Some(_), None) => return false,
